@@ -1,0 +1,61 @@
+"""bayescale: Bayesian neural networks at scale on PyTorch.
+
+Mean-field variational layers (reparameterization, Flipout, local reparameterization), one ELBO
+convention, ``bayesianize`` for any ``nn.Module``, and sampling control.
+"""
+
+from __future__ import annotations
+
+from .conv import BayesConv1d, BayesConv2d, BayesConv3d
+from .convert import DEFAULT_MAPPING, bayesianize
+from .elbo import (
+    ELBOTerms,
+    elbo_loss,
+    elbo_terms,
+    kl_divergence,
+    kl_weight_blundell,
+    kl_weight_linear,
+)
+from .layers import ESTIMATORS, BayesianLayer, BayesLinear
+from .priors import (
+    INIT_PRESETS,
+    GaussianPrior,
+    PosteriorInit,
+    Prior,
+    ScaleMixturePrior,
+    moped,
+)
+from .sampling import bayesian_layers, fixed_sample, mean_weights
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # layers
+    "BayesianLayer",
+    "BayesLinear",
+    "BayesConv1d",
+    "BayesConv2d",
+    "BayesConv3d",
+    "ESTIMATORS",
+    # priors and posterior initialisation
+    "Prior",
+    "GaussianPrior",
+    "ScaleMixturePrior",
+    "PosteriorInit",
+    "INIT_PRESETS",
+    "moped",
+    # conversion
+    "bayesianize",
+    "DEFAULT_MAPPING",
+    # objective
+    "kl_divergence",
+    "elbo_loss",
+    "elbo_terms",
+    "ELBOTerms",
+    "kl_weight_linear",
+    "kl_weight_blundell",
+    # sampling control
+    "mean_weights",
+    "fixed_sample",
+    "bayesian_layers",
+]

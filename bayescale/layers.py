@@ -1,0 +1,296 @@
+"""Mean-field Gaussian Bayesian layers: the base class and BayesLinear (convolutions: conv.py).
+
+Each weight has a posterior q(w) = N(mu, sigma^2) with sigma = softplus(rho); the parameters are
+``weight_mu`` and ``weight_rho``. One base class owns the posterior, the prior and the estimator;
+subclasses only supply the op (``F.linear`` or ``F.convNd``). ``forward`` returns a tensor;
+``kl()`` is computed on demand from (mu, sigma) and the prior. Noise is drawn in ``forward`` and
+never stored, so the only per-weight state is mu and rho.
+
+Estimators (``estimator=``):
+    * ``"reparam"``: one weight sample W = mu + sigma * eps per forward, shared by the batch
+      (Blundell et al. 2015, arXiv:1505.05424).
+    * ``"flipout"``: y = op(x, mu) + op(x * s_in, sigma * eps) * s_out with Rademacher signs per
+      example (per channel for convolutions), as TFP's Flipout layers
+      (Wen et al. 2018, arXiv:1803.04386).
+    * ``"local"``: local reparameterization, y = op(x, mu) + sqrt(op(x^2, sigma^2)) * eps
+      (Kingma et al. 2015, arXiv:1506.02557).
+
+Layers sample in both train and eval mode; :func:`bayescale.mean_weights` and
+:func:`bayescale.fixed_sample` switch that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .priors import PosteriorInit, Prior, resolve_init, resolve_prior, softplus_inverse
+
+__all__ = ["ESTIMATORS", "BayesianLayer", "BayesLinear"]
+
+ESTIMATORS = ("reparam", "flipout", "local")
+_MODES = ("sample", "mean", "fixed")
+_VAR_FLOOR = 1e-16  # keeps sqrt differentiable where op(x^2, sigma^2) == 0 (e.g. dead inputs)
+
+
+def _rademacher(shape: Sequence[int], like: Tensor) -> Tensor:
+    """Independent +-1 signs with the dtype and device of ``like``."""
+    return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(0.5).mul_(2).sub_(1)
+
+
+class BayesianLayer(nn.Module):
+    """Base class: mean-field Gaussian weights (and optionally bias) around an op.
+
+    Subclasses supply :meth:`_op` (the deterministic op), :meth:`_prepare_input`,
+    :meth:`_hyperparams` (for :meth:`from_module`) and the number of trailing dims over which
+    Flipout's signs are shared.
+    """
+
+    _sign_trailing_dims = 0  # trailing dims over which Flipout signs are shared (spatial dims)
+
+    def __init__(
+        self,
+        weight_shape: Sequence[int],
+        bias_shape: Sequence[int] | None,
+        *,
+        estimator: str = "flipout",
+        prior: Prior | str | None = None,
+        init: PosteriorInit | str | None = None,
+        bayesian_bias: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {estimator!r}; choose one of {ESTIMATORS}")
+        self.estimator = estimator
+        self.prior = resolve_prior(prior)
+        self.init = resolve_init(init)
+        self.rho_max = self.init.rho_max
+        self.bayesian_bias = bool(bayesian_bias) and bias_shape is not None
+        factory = {"device": device, "dtype": dtype}
+        self.weight_mu = nn.Parameter(torch.empty(weight_shape, **factory))
+        self.weight_rho = nn.Parameter(torch.empty(weight_shape, **factory))
+        if bias_shape is None:
+            self.register_parameter("bias", None)
+        elif self.bayesian_bias:
+            self.bias_mu = nn.Parameter(torch.empty(bias_shape, **factory))
+            self.bias_rho = nn.Parameter(torch.empty(bias_shape, **factory))
+        else:
+            self.bias = nn.Parameter(torch.empty(bias_shape, **factory))
+        self._mode = "sample"
+        self._fixed_eps: tuple[Tensor, Tensor | None] | None = None
+        self.reset_parameters()
+
+    # ------------------------------------------------------------------ posterior
+    def reset_parameters(self) -> None:
+        """Fresh init: mu ~ N(0, mu_std^2), rho ~ N(rho_mean, rho_std^2), bias loc ~ N(0, 0.1^2)."""
+        if self.init.moped_delta is not None:
+            raise ValueError(
+                "MOPED init copies pretrained weights: build the layer with "
+                "Bayes*.from_module(module, init=moped(delta)) or bayesianize(model, init=...)"
+            )
+        with torch.no_grad():
+            self.weight_mu.normal_(0.0, self.init.mu_std)
+            self.weight_rho.normal_(self.init.rho_mean, self.init.rho_std)
+            if self.bayesian_bias:
+                self.bias_mu.normal_(0.0, self.init.mu_std)
+                self.bias_rho.normal_(self.init.rho_mean, self.init.rho_std)
+            elif self.bias is not None:
+                self.bias.normal_(0.0, 0.1)  # TFP's deterministic bias loc initializer
+
+    def _sigma(self, rho: Tensor) -> Tensor:
+        if self.rho_max is not None:
+            rho = rho.clamp(max=self.rho_max)
+        return F.softplus(rho)
+
+    @property
+    def weight_sigma(self) -> Tensor:
+        """sigma = softplus(rho) of the weights (capped if the init sets ``rho_max``)."""
+        return self._sigma(self.weight_rho)
+
+    @property
+    def bias_sigma(self) -> Tensor | None:
+        return self._sigma(self.bias_rho) if self.bayesian_bias else None
+
+    def kl(self) -> Tensor:
+        """KL(q || p) summed over this layer's Bayesian weights (and bias, if Bayesian)."""
+        kl = self.prior.kl(self.weight_mu, self.weight_sigma)
+        if self.bayesian_bias:
+            kl = kl + self.prior.kl(self.bias_mu, self.bias_sigma)
+        return kl
+
+    # ------------------------------------------------------------------ forward
+    def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def _prepare_input(self, x: Tensor) -> Tensor:
+        """Validate (and for padded convolutions, pad) the input once per forward."""
+        return x
+
+    def _bias_mean(self) -> Tensor | None:
+        return self.bias_mu if self.bayesian_bias else self.bias
+
+    def _bias_sample(self) -> Tensor | None:
+        if not self.bayesian_bias:
+            return self.bias
+        sigma = self.bias_sigma
+        return torch.addcmul(self.bias_mu, sigma, torch.randn_like(sigma))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self._prepare_input(x)
+        if self._mode == "mean":
+            return self._op(x, self.weight_mu, self._bias_mean())
+        if self._mode == "fixed":
+            return self._forward_fixed(x)
+        if self.estimator == "reparam":
+            sigma = self.weight_sigma
+            weight = torch.addcmul(self.weight_mu, sigma, torch.randn_like(sigma))
+            return self._op(x, weight, self._bias_sample())
+        if self.estimator == "flipout":
+            return self._forward_flipout(x)
+        return self._forward_local(x)
+
+    def _forward_fixed(self, x: Tensor) -> Tensor:
+        eps_w, eps_b = self._fixed_eps
+        weight = torch.addcmul(self.weight_mu, self.weight_sigma, eps_w)
+        bias = self._bias_mean()
+        if eps_b is not None:
+            bias = torch.addcmul(self.bias_mu, self.bias_sigma, eps_b)
+        return self._op(x, weight, bias)
+
+    def _sign_shape(self, t: Tensor) -> tuple[int, ...]:
+        k = self._sign_trailing_dims
+        return tuple(t.shape[: t.dim() - k]) + (1,) * k
+
+    def _forward_flipout(self, x: Tensor) -> Tensor:
+        sigma = self.weight_sigma
+        delta = sigma * torch.randn_like(sigma)
+        mean = self._op(x, self.weight_mu, self._bias_sample())
+        s_in = _rademacher(self._sign_shape(x), x)
+        pert = self._op(x * s_in, delta, None)
+        s_out = _rademacher(self._sign_shape(pert), pert)
+        return torch.addcmul(mean, pert, s_out)
+
+    def _forward_local(self, x: Tensor) -> Tensor:
+        mean = self._op(x, self.weight_mu, self._bias_mean())
+        bias_var = self.bias_sigma.square() if self.bayesian_bias else None
+        var = self._op(x.square(), self.weight_sigma.square(), bias_var)
+        # Noise and its scale in float32 even when the ops ran in bf16 under autocast.
+        std = var.float().clamp_min(_VAR_FLOOR).sqrt()
+        return (mean.float() + std * torch.randn_like(std)).to(mean.dtype)
+
+    # ------------------------------------------------------------------ conversion
+    @classmethod
+    def from_module(
+        cls,
+        module: nn.Module,
+        *,
+        estimator: str = "flipout",
+        prior: Prior | str | None = None,
+        init: PosteriorInit | str | None = None,
+        bayesian_bias: bool = False,
+    ) -> BayesianLayer:
+        """Bayesian twin of a deterministic layer (same hyper-parameters, device and dtype).
+
+        With a MOPED init (:func:`bayescale.moped`) mu and the bias are copied from the module and
+        sigma = delta * |w|; otherwise the posterior is initialised fresh from ``init``.
+        """
+        init = resolve_init(init)
+        layer = cls(
+            **cls._hyperparams(module), estimator=estimator, prior=prior,
+            init=replace(init, moped_delta=None), bayesian_bias=bayesian_bias,
+            device=module.weight.device, dtype=module.weight.dtype,
+        )
+        layer.init = init
+        delta = init.moped_delta
+        if delta is not None:
+            with torch.no_grad():
+                w = module.weight.detach()
+                layer.weight_mu.copy_(w)
+                layer.weight_rho.copy_(softplus_inverse(delta * w.abs() + 1e-8))
+                if module.bias is not None:
+                    b = module.bias.detach()
+                    if layer.bayesian_bias:
+                        layer.bias_mu.copy_(b)
+                        layer.bias_rho.copy_(softplus_inverse(delta * b.abs() + 1e-8))
+                    else:
+                        layer.bias.copy_(b)
+        return layer
+
+    @staticmethod
+    def _hyperparams(module: nn.Module) -> dict:
+        """Constructor arguments that rebuild ``module``'s shape and options."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        bias = "none" if self.bias is None and not self.bayesian_bias else (
+            "bayesian" if self.bayesian_bias else "deterministic")
+        return (f"{self._shape_repr()}, estimator={self.estimator}, prior={self.prior!r}, "
+                f"bias={bias}")
+
+    def _shape_repr(self) -> str:
+        return f"weight={tuple(self.weight_mu.shape)}"
+
+
+def check_float_input(x: Tensor, name: str) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} expects a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(
+            f"{name} expects a floating-point input, got dtype {x.dtype}; convert with x.float()"
+        )
+
+
+class BayesLinear(BayesianLayer):
+    """Bayesian ``nn.Linear``: y = x W^T + b with W ~ N(weight_mu, softplus(weight_rho)^2)."""
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        estimator: str = "flipout",
+        prior: Prior | str | None = None,
+        init: PosteriorInit | str | None = None,
+        bayesian_bias: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        if in_features <= 0 or out_features <= 0:
+            raise ValueError(
+                f"in_features and out_features must be positive, got {in_features}, {out_features}"
+            )
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        super().__init__(
+            (out_features, in_features), (out_features,) if bias else None,
+            estimator=estimator, prior=prior, init=init, bayesian_bias=bayesian_bias,
+            device=device, dtype=dtype,
+        )
+
+    def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        return F.linear(x, weight, bias)
+
+    def _prepare_input(self, x: Tensor) -> Tensor:
+        check_float_input(x, "BayesLinear")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"BayesLinear expects inputs of shape (*, {self.in_features}), got "
+                f"{tuple(x.shape)}; flatten the input or fix in_features"
+            )
+        return x
+
+    @staticmethod
+    def _hyperparams(module: nn.Module) -> dict:
+        return {"in_features": module.in_features, "out_features": module.out_features,
+                "bias": module.bias is not None}
+
+    def _shape_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+

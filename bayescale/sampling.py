@@ -1,0 +1,61 @@
+"""Sampling control: posterior-mean forwards and one weight sample held across forwards.
+
+Bayesian layers sample on every forward, in train and eval mode alike (MC inference needs it;
+``model.eval()`` only changes BatchNorm/Dropout). These context managers are the only switches:
+
+    with bayescale.mean_weights(model):   # deterministic network with W = mu
+        logits = model(x)
+    with bayescale.fixed_sample(model):   # one W = mu + sigma * eps, reused by every forward
+        a, b = model(x1), model(x2)
+
+Both restore the previous mode on exit (also on exceptions) and nest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .layers import BayesianLayer
+
+__all__ = ["bayesian_layers", "mean_weights", "fixed_sample"]
+
+
+def bayesian_layers(model: nn.Module) -> list[BayesianLayer]:
+    """All Bayesian layers of ``model`` (works through DDP and other wrappers)."""
+    return [m for m in model.modules() if isinstance(m, BayesianLayer)]
+
+
+@contextmanager
+def _mode(model: nn.Module, mode: str, draw: bool) -> Iterator[nn.Module]:
+    layers = bayesian_layers(model)
+    saved = [(layer._mode, layer._fixed_eps) for layer in layers]
+    try:
+        for layer in layers:
+            if draw:
+                with torch.no_grad():
+                    eps_w = torch.randn_like(layer.weight_mu)
+                    eps_b = torch.randn_like(layer.bias_mu) if layer.bayesian_bias else None
+                layer._fixed_eps = (eps_w, eps_b)
+            layer._mode = mode
+        yield model
+    finally:
+        for layer, (mode_, eps) in zip(layers, saved, strict=True):
+            layer._mode, layer._fixed_eps = mode_, eps
+
+
+def mean_weights(model: nn.Module):
+    """Context manager: every Bayesian layer uses its posterior mean (W = mu, b = bias mu)."""
+    return _mode(model, "mean", draw=False)
+
+
+def fixed_sample(model: nn.Module):
+    """Context manager: draw one weight sample per layer and reuse it for every forward.
+
+    The noise eps is fixed, W = mu + sigma * eps is recomputed each forward, so gradients with
+    respect to mu and rho stay correct. The draw uses the global torch RNG.
+    """
+    return _mode(model, "fixed", draw=True)
