@@ -21,6 +21,7 @@ Layers sample in both train and eval mode; :func:`bayescale.mean_weights` and
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 
@@ -37,9 +38,29 @@ _MODES = ("sample", "mean", "fixed")
 _VAR_FLOOR = 1e-16  # keeps sqrt differentiable where op(x^2, sigma^2) == 0 (e.g. dead inputs)
 
 
+_SIGN_TABLES: dict[tuple[torch.dtype, torch.device], Tensor] = {}  # constant lookup tables
+
+
+def _sign_table(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """[256, 8] table: row b holds the 8 bits of byte b as +-1 (built once per dtype/device)."""
+    key = (dtype, device)
+    if key not in _SIGN_TABLES:
+        bits = (torch.arange(256, device=device).unsqueeze(1) >> torch.arange(8, device=device)) & 1
+        _SIGN_TABLES[key] = (bits * 2 - 1).to(dtype)
+    return _SIGN_TABLES[key]
+
+
 def _rademacher(shape: Sequence[int], like: Tensor) -> Tensor:
-    """Independent +-1 signs with the dtype and device of ``like``."""
-    return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(0.5).mul_(2).sub_(1)
+    """Independent +-1 signs with the dtype and device of ``like``.
+
+    Draws 64 random bits per int64 and expands each byte through a lookup table: one RNG call per
+    64 signs (``bernoulli_`` costs one per sign, ~50x slower on CPU).
+    """
+    n = math.prod(shape)
+    words = torch.randint(-(2**63), 2**63 - 1, ((n + 63) // 64,), dtype=torch.int64,
+                          device=like.device)
+    signs = _sign_table(like.dtype, like.device)[words.view(torch.uint8).long()]
+    return signs.view(-1)[:n].view(shape)
 
 
 class BayesianLayer(nn.Module):
