@@ -17,7 +17,8 @@ KL-weight schedules are small functions returning the ``kl_weight`` for a step; 
 over an epoch (Blundell) or reach 1 after a warm-up (TFP's linear annealing).
 
 References:
-    Blundell et al., "Weight Uncertainty in Neural Networks", ICML 2015, arXiv:1505.05424, eq. (8)-(9).
+    Blundell et al., "Weight Uncertainty in Neural Networks", ICML 2015, arXiv:1505.05424,
+    eq. (8)-(9).
     Sharma & Jennings 2020 (seed code): loss = NLL + KL / N_train.
 """
 
@@ -148,7 +149,7 @@ def elbo_loss(
     likelihood: str = "categorical",
     noise_std: float | None = None,
 ) -> Tensor:
-    """mean NLL + kl_weight * KL / num_train (a scalar to ``.backward()``); see :func:`elbo_terms`."""
+    """mean NLL + kl_weight * KL / num_train, a scalar to ``.backward()`` (see elbo_terms)."""
     return elbo_terms(
         output, target, model, num_train, kl_weight, likelihood=likelihood, noise_std=noise_std
     ).loss
@@ -167,9 +168,9 @@ def kl_weight_linear(step: int, warmup_steps: int) -> float:
 def kl_weight_blundell(batch_index: int, num_batches: int) -> float:
     """Blundell et al.'s minibatch weight pi_i = 2^(M-i) / (2^M - 1), in this module's units.
 
-    Blundell weight the KL of minibatch i (1-based, M per epoch) by pi_i, with sum_i pi_i = 1. With
-    our per-example loss that is ``kl_weight = M * pi_i`` (so the weights average to 1 over an epoch);
-    ``batch_index`` is 0-based here. Early minibatches carry most of the KL.
+    Blundell weight the KL of minibatch i (1-based, M per epoch) by pi_i, with sum_i pi_i = 1.
+    With our per-example loss that is ``kl_weight = M * pi_i`` (the weights average to 1 over an
+    epoch); ``batch_index`` is 0-based here. Early minibatches carry most of the KL.
     """
     if num_batches <= 0 or not 0 <= batch_index < num_batches:
         raise ValueError(f"need 0 <= batch_index < num_batches, got {batch_index}, {num_batches}")

@@ -24,7 +24,7 @@ def mixture_kl_quadrature(mu: float, sigma: float, pi: float, s1: float, s2: flo
 
 
 def blr_posterior(x: Tensor, y: Tensor, noise_std: float, prior_std: float):
-    """Exact posterior N(mean, cov) of w for y = x w + N(0, noise_std^2), w ~ N(0, prior_std^2 I)."""
+    """Exact posterior N(mean, cov) of w for y = x w + noise, w ~ N(0, prior_std^2 I)."""
     d = x.shape[1]
     precision = x.T @ x / noise_std**2 + torch.eye(d, dtype=x.dtype) / prior_std**2
     cov = torch.linalg.inv(precision)
