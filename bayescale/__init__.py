@@ -17,6 +17,7 @@ from .elbo import (
     kl_weight_linear,
 )
 from .layers import ESTIMATORS, BayesianLayer, BayesLinear
+from .models import count_parameters, get_model, list_models, register_model
 from .priors import (
     INIT_PRESETS,
     GaussianPrior,
@@ -26,6 +27,7 @@ from .priors import (
     moped,
 )
 from .sampling import bayesian_layers, fixed_sample, mean_weights
+from .uncertainty import mc_predict
 
 __version__ = "0.1.0"
 
@@ -58,4 +60,11 @@ __all__ = [
     "mean_weights",
     "fixed_sample",
     "bayesian_layers",
+    # prediction
+    "mc_predict",
+    # model zoo
+    "get_model",
+    "list_models",
+    "register_model",
+    "count_parameters",
 ]
