@@ -34,13 +34,13 @@ def mc_predict(
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    chunks = []
-    for start in range(0, x.shape[0], batch_size):
-        xb = x[start : start + batch_size]
-        per_sample = []
-        for _ in range(num_samples):
-            with fixed_sample(model):
-                per_sample.append(torch.softmax(model(xb).float(), dim=-1))
-        stacked = torch.stack(per_sample)
-        chunks.append(stacked if return_samples else stacked.mean(0))
-    return torch.cat(chunks, dim=1 if return_samples else 0)
+    per_sample = []
+    for _ in range(num_samples):
+        # One weight draw per sample, shared by every chunk: sample s is one network.
+        with fixed_sample(model):
+            probs = [torch.softmax(model(x[i : i + batch_size]).float(), dim=-1)
+                     for i in range(0, x.shape[0], batch_size)]
+        per_sample.append(torch.cat(probs))
+    if return_samples:
+        return torch.stack(per_sample)
+    return torch.stack(per_sample).mean(0)
