@@ -92,7 +92,6 @@ class BayesianLayer(nn.Module):
         self.estimator = estimator
         self.prior = resolve_prior(prior)
         self.init = resolve_init(init)
-        self.rho_max = self.init.rho_max
         self.bayesian_bias = bool(bayesian_bias) and bias_shape is not None
         factory = {"device": device, "dtype": dtype}
         self.weight_mu = nn.Parameter(torch.empty(weight_shape, **factory))
@@ -126,8 +125,8 @@ class BayesianLayer(nn.Module):
                 self.bias.normal_(0.0, 0.1)  # TFP's deterministic bias loc initializer
 
     def _sigma(self, rho: Tensor) -> Tensor:
-        if self.rho_max is not None:
-            rho = rho.clamp(max=self.rho_max)
+        if self.init.rho_max is not None:
+            rho = rho.clamp(max=self.init.rho_max)
         return F.softplus(rho)
 
     @property

@@ -34,13 +34,15 @@ def mc_predict(
     """
     if num_samples < 1:
         raise ValueError(f"num_samples must be >= 1, got {num_samples}")
-    per_sample = []
+    per_sample: list[Tensor] = []
+    total: Tensor | None = None
     for _ in range(num_samples):
         # One weight draw per sample, shared by every chunk: sample s is one network.
         with fixed_sample(model):
-            probs = [torch.softmax(model(x[i : i + batch_size]).float(), dim=-1)
-                     for i in range(0, x.shape[0], batch_size)]
-        per_sample.append(torch.cat(probs))
-    if return_samples:
-        return torch.stack(per_sample)
-    return torch.stack(per_sample).mean(0)
+            probs = torch.cat([torch.softmax(model(x[i : i + batch_size]).float(), dim=-1)
+                               for i in range(0, x.shape[0], batch_size)])
+        if return_samples:
+            per_sample.append(probs)
+        else:  # running sum: memory stays (N, C) whatever num_samples is
+            total = probs if total is None else total.add_(probs)
+    return torch.stack(per_sample) if return_samples else total / num_samples

@@ -37,6 +37,9 @@ def test_mc_predict_with_one_fixed_draw_equals_the_plain_forward():
     chunked = bayescale.mc_predict(model, x, num_samples=5, batch_size=3, return_samples=True)
     assert chunked.shape == (5, 7, 3)
     torch.testing.assert_close(chunked.sum(-1), torch.ones(5, 7))
+    torch.manual_seed(4)  # the running mean equals the mean of the same five draws
+    torch.testing.assert_close(bayescale.mc_predict(model, x, num_samples=5, batch_size=3),
+                               chunked.mean(0))
 
 
 def test_accuracy_and_nll_match_reference():
