@@ -2,8 +2,9 @@
 
 ``load_dataset(name)`` returns a :class:`~bayescale.datasets.TensorSplit`. File-based sets
 (MNIST, Fashion-MNIST, CIFAR-10/100) are looked up in ``root/<name>/`` (or ``root`` itself);
-``root`` defaults to ``$BAYESCALE_DATA`` or ``~/.cache/bayescale``. Generated and scikit-learn
-sets need no files.
+``root`` defaults to ``$BAYESCALE_DATA`` or ``~/.cache/bayescale``; for MNIST it may also be a
+Keras-format ``mnist.npz`` file. Generated, scikit-learn and the shipped ``mnist-small`` sets need
+no files (they live in :mod:`bayescale.builtin_data` and are re-exported here).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import difflib
 import hashlib
 import http.client
-import math
 import os
 import shutil
 import tarfile
@@ -21,22 +21,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-import numpy as np
-import torch
-
+from bayescale.builtin_data import (
+    load_diabetes_dataset,
+    load_digits_dataset,
+    load_mnist_small,
+    make_heteroscedastic_1d,
+    make_synthetic_classification,
+)
 from bayescale.datasets import (
     FASHION_MNIST_CLASSES,
     MNIST_CLASSES,
-    Dataset,
     TensorSplit,
     read_cifar_dir,
     read_mnist_dir,
+    read_mnist_npz,
 )
 
 __all__ = [
     "DATASETS", "default_root", "download", "list_datasets", "load_dataset",
-    "load_mnist", "load_fashion_mnist", "load_cifar10", "load_cifar100",
-    "load_digits_dataset", "load_diabetes_dataset",
+    "load_mnist", "load_fashion_mnist", "load_cifar10", "load_cifar100", "load_mnist_small",
+    "read_mnist_npz", "load_digits_dataset", "load_diabetes_dataset",
     "make_synthetic_classification", "make_heteroscedastic_1d",
 ]
 
@@ -91,7 +95,8 @@ _SOURCES: dict[str, dict[str, _Source]] = {
 }
 
 _ALIASES = {"fashion": "fashion-mnist", "fmnist": "fashion-mnist", "cifar-10": "cifar10",
-            "cifar-100": "cifar100", "heteroscedastic": "heteroscedastic-1d"}
+            "cifar-100": "cifar100", "heteroscedastic": "heteroscedastic-1d",
+            "small-mnist": "mnist-small", "mnistsmall": "mnist-small"}
 
 
 def default_root() -> Path:
@@ -281,14 +286,26 @@ def _ensure(key: str, root: str | Path | None, download: bool, fmt: str) -> tupl
     return found
 
 
+def _is_npz(root: str | Path | None) -> bool:
+    return root is not None and str(root).lower().endswith(".npz")
+
+
 def load_mnist(root: str | Path | None = None, download: bool = False) -> TensorSplit:
-    """MNIST: 60000/10000 images ``[N, 1, 28, 28]`` in [0, 1]."""
+    """MNIST: 60000/10000 images ``[N, 1, 28, 28]`` in [0, 1].
+
+    ``root`` is a cache directory (IDX files), or a Keras-format ``mnist.npz`` file (read with
+    :func:`~bayescale.datasets.read_mnist_npz`; ``download`` does not apply to it).
+    """
+    if _is_npz(root):
+        return read_mnist_npz(root, "mnist", MNIST_CLASSES)
     directory, _ = _ensure("mnist", root, download, "idx")
     return read_mnist_dir(directory, "mnist", MNIST_CLASSES)
 
 
 def load_fashion_mnist(root: str | Path | None = None, download: bool = False) -> TensorSplit:
-    """Fashion-MNIST: 60000/10000 images ``[N, 1, 28, 28]`` in [0, 1]."""
+    """Fashion-MNIST: 60000/10000 images ``[N, 1, 28, 28]`` in [0, 1] (``root`` as in MNIST)."""
+    if _is_npz(root):
+        return read_mnist_npz(root, "fashion-mnist", FASHION_MNIST_CLASSES)
     directory, _ = _ensure("fashion-mnist", root, download, "idx")
     return read_mnist_dir(directory, "fashion-mnist", FASHION_MNIST_CLASSES)
 
@@ -311,100 +328,12 @@ def load_cifar100(root: str | Path | None = None, download: bool = False,
     return read_cifar_dir(directory, found, 100, label_mode, subtract_pixel_mean)
 
 
-def _split(n: int, test_fraction: float, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
-    n_test = round(n * test_fraction)
-    if not 0 < n_test < n:
-        raise ValueError(f"test_fraction={test_fraction} leaves an empty split of n={n}")
-    perm = torch.randperm(n, generator=gen)
-    return perm[n_test:], perm[:n_test]
-
-
-def make_synthetic_classification(n: int = 1000, num_classes: int = 10,
-                                  shape: tuple[int, ...] = (1, 8, 8), seed: int = 0,
-                                  noise: float = 1.0, test_fraction: float = 0.2) -> TensorSplit:
-    """Gaussian class clusters: ``x = center[y] + noise * N(0, I)``, centers ``N(0, I)``.
-
-    Balanced classes; with the default noise the classes are almost separable (learnable).
-    """
-    gen = torch.Generator().manual_seed(seed)
-    dim = math.prod(shape)
-    centers = torch.randn(num_classes, dim, generator=gen)
-    y = (torch.arange(n) % num_classes)[torch.randperm(n, generator=gen)]
-    x = (centers[y] + noise * torch.randn(n, dim, generator=gen)).view(n, *shape)
-    tr, te = _split(n, test_fraction, gen)
-    name = "synthetic"
-    return TensorSplit(Dataset(x[tr], y[tr], f"{name}/train", num_classes),
-                       Dataset(x[te], y[te], f"{name}/test", num_classes), name, num_classes)
-
-
-def make_heteroscedastic_1d(n: int = 1000, seed: int = 0,
-                            test_fraction: float = 0.2) -> TensorSplit:
-    """1-D regression with input-dependent noise for aleatoric-uncertainty checks.
-
-    ``x ~ U(-4, 4)``, ``y = x sin(x) + sd(x) * N(0, 1)`` with ``sd(x) = 0.05 + 0.1 |x|``.
-    x is ``[N, 1]``, y ``[N]``; each split's ``noise_sd`` holds the true ``sd(x)``.
-    """
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 1, generator=gen) * 8.0 - 4.0
-    sd = 0.05 + 0.1 * x[:, 0].abs()
-    y = x[:, 0] * torch.sin(x[:, 0]) + sd * torch.randn(n, generator=gen)
-    tr, te = _split(n, test_fraction, gen)
-    name = "heteroscedastic-1d"
-    return TensorSplit(Dataset(x[tr], y[tr], f"{name}/train", noise_sd=sd[tr]),
-                       Dataset(x[te], y[te], f"{name}/test", noise_sd=sd[te]), name)
-
-
-def _sklearn():
-    try:
-        from sklearn import datasets, model_selection
-    except ImportError as err:
-        msg = 'this data set needs scikit-learn: pip install "bayescale[data]"'
-        raise ImportError(msg) from err
-    return datasets, model_selection
-
-
-def load_digits_dataset(test_size: int = 360, seed: int = 0) -> TensorSplit:
-    """scikit-learn's 1797 8x8 digits as ``[N, 1, 8, 8]`` in [0, 1]; stratified 1437/360 split."""
-    datasets, model_selection = _sklearn()
-    bunch = datasets.load_digits()
-    x = torch.from_numpy((bunch.data / 16.0).astype(np.float32)).view(-1, 1, 8, 8)
-    y = torch.from_numpy(bunch.target.astype(np.int64))
-    tr, te = model_selection.train_test_split(
-        np.arange(len(y)), test_size=test_size, random_state=seed, stratify=bunch.target)
-    tr, te = torch.from_numpy(tr), torch.from_numpy(te)
-    return TensorSplit(Dataset(x[tr], y[tr], "digits/train", 10),
-                       Dataset(x[te], y[te], "digits/test", 10), "digits", 10, MNIST_CLASSES)
-
-
-def load_diabetes_dataset(test_size: float = 0.2, seed: int = 0,
-                          standardize_target: bool = True) -> TensorSplit:
-    """scikit-learn's diabetes regression (442 x 10), standardised with train statistics.
-
-    ``stats`` holds ``x_mean``, ``x_std``, ``y_mean``, ``y_std`` (target stats are 0/1 when
-    ``standardize_target`` is False). Targets ``y`` are float32 ``[N]``.
-    """
-    datasets, model_selection = _sklearn()
-    x_all, y_all = datasets.load_diabetes(return_X_y=True, scaled=False)
-    xtr, xte, ytr, yte = model_selection.train_test_split(
-        x_all, y_all, test_size=test_size, random_state=seed)
-    x_mean, x_std = xtr.mean(0), xtr.std(0) + 1e-12
-    y_mean, y_std = (ytr.mean(), ytr.std()) if standardize_target else (0.0, 1.0)
-
-    def tensors(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        xs, ys = (x - x_mean) / x_std, (y - y_mean) / y_std
-        return torch.from_numpy(xs.astype(np.float32)), torch.from_numpy(ys.astype(np.float32))
-
-    stats = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in
-             {"x_mean": x_mean, "x_std": x_std, "y_mean": y_mean, "y_std": y_std}.items()}
-    return TensorSplit(Dataset(*tensors(xtr, ytr), "diabetes/train"),
-                       Dataset(*tensors(xte, yte), "diabetes/test"), "diabetes", stats=stats)
-
-
 DATASETS: dict[str, Callable[..., TensorSplit]] = {
     "mnist": load_mnist,
     "fashion-mnist": load_fashion_mnist,
     "cifar10": load_cifar10,
     "cifar100": load_cifar100,
+    "mnist-small": load_mnist_small,
     "digits": load_digits_dataset,
     "diabetes": load_diabetes_dataset,
     "synthetic": make_synthetic_classification,
@@ -423,7 +352,8 @@ def load_dataset(name: str, root: str | Path | None = None, download: bool = Fal
 
     Args:
         name: Data set name (case-insensitive; ``_`` and ``-`` are interchangeable).
-        root: Cache directory for file-based sets (default :func:`default_root`).
+        root: Cache directory for file-based sets (default :func:`default_root`); for MNIST
+            also a Keras-format ``mnist.npz`` file.
         download: Fetch missing files (checksum-verified) instead of raising.
         **kwargs: Passed to the data set's loader, e.g. ``subtract_pixel_mean`` or ``seed``.
 

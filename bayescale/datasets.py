@@ -1,15 +1,15 @@
 """Readers for the canonical image data set files, returning in-memory tensors.
 
-Formats: MNIST / Fashion-MNIST IDX files (gzipped or raw) and CIFAR-10 / CIFAR-100 in both the
-binary and the python-pickle versions. Pickles are read through a restricted unpickler that only
-rebuilds numpy arrays. Images come back as float32 ``[N, C, H, W]`` in ``[0, 1]``; CIFAR can
-additionally have the per-pixel training mean subtracted.
+Formats: MNIST / Fashion-MNIST IDX files (gzipped or raw), the Keras ``mnist.npz``, and
+CIFAR-10 / CIFAR-100 in both the binary and the python-pickle versions (read through the
+restricted unpickler of :mod:`bayescale.safe_pickle`). Images come back as float32
+``[N, C, H, W]`` in ``[0, 1]``; CIFAR can additionally have the per-pixel training mean subtracted.
 """
 
 from __future__ import annotations
 
 import gzip
-import pickle
+import zipfile
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -19,13 +19,18 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bayescale.safe_pickle import UnsafePickleError, load_array_pickle
+
 __all__ = [
     "Dataset",
     "TensorSplit",
     "UnsafePickleError",
     "all_finite",
+    "parse_idx",
     "read_idx",
+    "mnist_arrays_to_dataset",
     "read_mnist_dir",
+    "read_mnist_npz",
     "read_cifar_binary",
     "read_cifar_pickle",
     "read_cifar_dir",
@@ -46,10 +51,6 @@ CIFAR10_CLASSES = (
 IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 _CIFAR_PIXELS = 3 * 32 * 32
-
-
-class UnsafePickleError(ValueError):
-    """A pickle referenced a global that is not needed to rebuild a numpy array."""
 
 
 @dataclass(frozen=True)
@@ -125,17 +126,43 @@ def _check_labels(y: Tensor, num_classes: int, where: str) -> None:
         )
 
 
-def _read_bytes(path: Path) -> bytes:
-    """Read a file, transparently gunzipping it when it starts with the gzip magic."""
-    data = Path(path).read_bytes()
+def _gunzip(data: bytes, where: object) -> bytes:
+    """Return ``data``, gunzipped when it starts with the gzip magic."""
     if data[:2] != b"\x1f\x8b":
         return data
     try:
         return gzip.decompress(data)
     except (OSError, EOFError, zlib.error) as err:
         raise ValueError(
-            f"{path}: corrupt or truncated gzip file ({err}); delete it and download it again"
+            f"{where}: corrupt or truncated gzip file ({err}); delete it and download it again"
         ) from err
+
+
+def parse_idx(data: bytes, where: object = "<bytes>", expected_magic: int | None = None
+              ) -> np.ndarray:
+    """:func:`read_idx` on the bytes of a file; ``where`` names the source in errors."""
+    raw = _gunzip(data, where)
+    if len(raw) < 4:
+        raise ValueError(f"{where}: too short to be an IDX file ({len(raw)} bytes)")
+    magic = int.from_bytes(raw[:4], "big")
+    if expected_magic is not None and magic != expected_magic:
+        raise ValueError(
+            f"{where}: wrong IDX magic number {magic} (expected {expected_magic}); "
+            "is this the right file (images vs labels) of an MNIST-format data set?"
+        )
+    if raw[0:2] != b"\x00\x00" or raw[2] != 0x08:
+        raise ValueError(f"{where}: unsupported IDX header {raw[:4].hex()} (need unsigned bytes)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    expected = header + int(np.prod(dims, dtype=np.int64))
+    if len(raw) != expected:
+        state = "truncated" if len(raw) < expected else "longer than its header says"
+        raise ValueError(
+            f"{where}: file is {state}: header {dims} needs {expected} bytes, found {len(raw)}; "
+            "delete it and download it again"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
 def read_idx(path: str | Path, expected_magic: int | None = None) -> np.ndarray:
@@ -151,29 +178,30 @@ def read_idx(path: str | Path, expected_magic: int | None = None) -> np.ndarray:
     Raises:
         ValueError: Wrong magic number or data type, or file length not matching the header.
     """
-    path = Path(path)
-    raw = _read_bytes(path)
-    if len(raw) < 4:
-        raise ValueError(f"{path}: too short to be an IDX file ({len(raw)} bytes)")
-    magic = int.from_bytes(raw[:4], "big")
-    if expected_magic is not None and magic != expected_magic:
+    return parse_idx(Path(path).read_bytes(), Path(path), expected_magic)
+
+
+def mnist_arrays_to_dataset(images: np.ndarray, labels: np.ndarray, name: str,
+                            img_src: object = "images", lbl_src: object = "labels") -> Dataset:
+    """uint8 images ``[N, 28, 28]`` + integer labels ``[N]`` (0..9) -> a checked :class:`Dataset`.
+
+    x is ``[N, 1, 28, 28]`` float32 in [0, 1]; ``img_src``/``lbl_src`` name the sources in errors.
+    """
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise ValueError(f"{img_src}: images must be uint8 [N, 28, 28], "
+                         f"got {images.dtype} {list(images.shape)}")
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":
+        raise ValueError(f"{lbl_src}: labels must be integers [N], "
+                         f"got {labels.dtype} {list(labels.shape)}")
+    if images.shape[0] != labels.shape[0]:
         raise ValueError(
-            f"{path}: wrong IDX magic number {magic} (expected {expected_magic}); "
-            "is this the right file (images vs labels) of an MNIST-format data set?"
+            f"{img_src} has {images.shape[0]} images but {lbl_src} has {labels.shape[0]} "
+            "labels; the files come from different downloads or one is damaged"
         )
-    if raw[0:2] != b"\x00\x00" or raw[2] != 0x08:
-        raise ValueError(f"{path}: unsupported IDX header {raw[:4].hex()} (need unsigned bytes)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    expected = header + int(np.prod(dims, dtype=np.int64))
-    if len(raw) != expected:
-        state = "truncated" if len(raw) < expected else "longer than its header says"
-        raise ValueError(
-            f"{path}: file is {state}: header {dims} needs {expected} bytes, found {len(raw)}; "
-            "delete it and download it again"
-        )
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
+    y = torch.from_numpy(labels.astype(np.int64))
+    _check_labels(y, 10, str(lbl_src))
+    images = images if images.flags.writeable else images.copy()  # torch warns on read-only
+    return Dataset(torch.from_numpy(images).unsqueeze(1).float().div_(255.0), y, name, 10)
 
 
 def _find_idx(directory: Path, stem: str) -> Path:
@@ -188,17 +216,7 @@ def _read_mnist_pair(directory: Path, prefix: str, name: str) -> Dataset:
     lbl_path = _find_idx(directory, f"{prefix}-labels-idx1-ubyte")
     images = read_idx(img_path, IDX_IMAGES_MAGIC)
     labels = read_idx(lbl_path, IDX_LABELS_MAGIC)
-    if images.shape[1:] != (28, 28):
-        raise ValueError(f"{img_path}: images are {images.shape[1:]}, expected 28x28")
-    if images.shape[0] != labels.shape[0]:
-        raise ValueError(
-            f"{img_path} has {images.shape[0]} images but {lbl_path} has {labels.shape[0]} "
-            "labels; the files come from different downloads or one is damaged"
-        )
-    y = torch.from_numpy(labels.astype(np.int64))
-    _check_labels(y, 10, str(lbl_path))
-    x = torch.from_numpy(images.copy()).unsqueeze(1).float().div_(255.0)
-    return Dataset(x, y, name, num_classes=10)
+    return mnist_arrays_to_dataset(images, labels, name, img_path, lbl_path)
 
 
 def read_mnist_dir(
@@ -212,6 +230,44 @@ def read_mnist_dir(
     directory = Path(directory)
     train = _read_mnist_pair(directory, "train", f"{name}/train")
     test = _read_mnist_pair(directory, "t10k", f"{name}/test")
+    return TensorSplit(train, test, name, num_classes=10, classes=classes)
+
+
+_NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
+
+
+def read_mnist_npz(
+    path: str | Path, name: str = "mnist", classes: tuple[str, ...] = MNIST_CLASSES
+) -> TensorSplit:
+    """Read a Keras-format ``mnist.npz``: uint8 ``x_train``/``x_test`` ``[N, 28, 28]``, labels.
+
+    Loaded with ``allow_pickle=False``. Returns the same layout as :func:`read_mnist_dir`.
+
+    Raises:
+        FileNotFoundError: No such file.
+        ValueError: Not a readable .npz, missing keys, wrong shapes/dtypes, labels outside 0..9.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (expected a Keras-format mnist.npz with "
+                                f"arrays {', '.join(_NPZ_KEYS)})")
+    try:
+        npz = np.load(path, allow_pickle=False)
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise ValueError("a single .npy array, not an .npz archive")
+        with npz:
+            keys = list(npz.files)
+            arrays = {k: npz[k] for k in _NPZ_KEYS if k in keys}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise ValueError(f"{path}: corrupt or not a NumPy .npz file ({err}); "
+                         "download mnist.npz again") from err
+    missing = [k for k in _NPZ_KEYS if k not in arrays]
+    if missing:
+        raise ValueError(f"{path}: missing arrays {missing} (found {keys}); a Keras-format "
+                         f"mnist.npz holds {', '.join(_NPZ_KEYS)}")
+    train, test = (mnist_arrays_to_dataset(arrays[f"x_{s}"], arrays[f"y_{s}"], f"{name}/{s}",
+                                           f"{path}[x_{s}]", f"{path}[y_{s}]")
+                   for s in ("train", "test"))
     return TensorSplit(train, test, name, num_classes=10, classes=classes)
 
 
@@ -252,64 +308,8 @@ def read_cifar_binary(
     return _to_images(pixels), torch.from_numpy(labels)
 
 
-_NUMPY_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.numeric", "_frombuffer"),
-    ("numpy._core.numeric", "_frombuffer"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("_codecs", "encode"),
-}
-
-
-def _resolve_numpy_global(module: str, name: str) -> object:
-    if module == "_codecs":
-        import _codecs
-
-        return _codecs.encode
-    if module == "numpy":
-        return getattr(np, name)
-    try:  # numpy >= 2 moved numpy.core to numpy._core
-        from numpy._core import multiarray, numeric
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core import multiarray, numeric
-    return getattr(multiarray if module.endswith("multiarray") else numeric, name)
-
-
-class _ArrayOnlyUnpickler(pickle.Unpickler):
-    """Unpickler that only resolves the globals needed to rebuild numpy arrays."""
-
-    def __init__(self, file, path: Path) -> None:
-        super().__init__(file, encoding="bytes")
-        self._path = path
-
-    def find_class(self, module: str, name: str) -> object:
-        if (module, name) not in _NUMPY_GLOBALS:
-            raise UnsafePickleError(
-                f"{self._path}: refused to load global '{module}.{name}'; a CIFAR pickle only "
-                "holds numpy arrays and lists. The file is not a genuine CIFAR batch; use the "
-                "binary version or download the data again"
-            )
-        return _resolve_numpy_global(module, name)
-
-
-def _load_pickle(path: Path) -> dict:
-    try:
-        with open(path, "rb") as fh:
-            obj = _ArrayOnlyUnpickler(fh, path).load()
-    except UnsafePickleError:
-        raise
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            LookupError, OverflowError, MemoryError) as err:
-        raise ValueError(f"{path}: corrupt or truncated pickle ({err}); download it again") from err
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: expected a dict, got {type(obj).__name__}")
-    return obj
-
-
 def _cifar_pickle_arrays(path: Path, label_key: bytes) -> tuple[np.ndarray, ...]:
-    batch = _load_pickle(path)
+    batch = load_array_pickle(path)
     if b"data" not in batch or label_key not in batch:
         raise ValueError(f"{path}: missing key b'data' or {label_key!r}; keys: {list(batch)}")
     data = np.asarray(batch[b"data"])
