@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from .layers import ESTIMATORS
 
@@ -24,6 +25,61 @@ def _quickstart(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .config import ConfigError, apply_overrides, config_from_dict, load_config
+    from .train import train
+
+    overrides = list(args.overrides)
+    config = args.config
+    if config is not None and "=" in config and not Path(config).exists():
+        overrides, config = [config, *overrides], None  # `bayescale train k=v` (no file)
+    try:
+        if args.flagfile:
+            from .flagfile import translate_flagfile
+
+            if config is not None:
+                raise ConfigError("give either a CONFIG or --flagfile, not both")
+            base, notes = translate_flagfile(args.flagfile)
+            for note in notes:
+                print(f"[flagfile] {note}", file=sys.stderr)
+            cfg = config_from_dict(apply_overrides(base, overrides))
+        elif args.resume and config is None:
+            saved = Path(args.resume)
+            saved = (saved if saved.is_dir() else saved.parent) / "config.yaml"
+            if not saved.is_file():
+                raise ConfigError(f"--resume {args.resume}: no config.yaml beside the checkpoint; "
+                                  "pass the run's CONFIG too")
+            cfg = load_config(saved, overrides)
+        else:
+            cfg = load_config(config, overrides)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"bayescale train: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        import yaml
+
+        from .config import config_to_dict
+
+        print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
+        return 0
+    from .checkpoint import CheckpointError
+    from .train import TrainingDiverged
+
+    try:
+        result = train(cfg, resume=args.resume)
+    except (CheckpointError, TrainingDiverged, FileNotFoundError, FileExistsError,
+            ValueError) as err:
+        print(f"bayescale train: {type(err).__name__}: {err}", file=sys.stderr)
+        return 1
+    final = result["final_eval"]
+    if result["rank"] == 0:
+        print(f"{result['model']} on {result['data']}: {result['steps']} steps/worker x "
+              f"{result['world_size']} worker(s), time to train {result['time_to_train_s']:.1f} s; "
+              f"test accuracy {final['test_acc']:.4f}, test NLL {final['test_nll']:.4f} nats "
+              f"({final['eval_samples']} MC samples) -> {result['run_dir']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bayescale", description="Bayesian neural networks at "
                                      "scale: mean-field VI layers, training, uncertainty, pruning.")
@@ -37,6 +93,27 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0, help="random seed")
     q.add_argument("--json", action="store_true", help="also print all results as JSON")
     q.set_defaults(func=_quickstart)
+
+    from .config import describe_options, shipped_configs
+
+    t = sub.add_parser(
+        "train", help="train a model from a YAML config (single process, torchrun, srun, mpirun)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train with the ELBO; data-parallel when launched with several processes "
+                    "(torchrun/srun/mpirun). Writes config.yaml, metrics.jsonl, train.csv, "
+                    "eval.csv, timing.csv, posterior/ and checkpoint.pt to the run directory.",
+        epilog="shipped configs: " + ", ".join(shipped_configs()) + "\n\noptions "
+               "(set in the YAML file or as key=value):\n" + describe_options())
+    t.add_argument("config", nargs="?", help="YAML file or shipped config name")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-3 "
+                   "train.epochs=2")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly from its "
+                   "checkpoint (config taken from RUN_DIR/config.yaml unless given)")
+    t.add_argument("--flagfile", metavar="CFG", help="the seed tutorial's absl flagfile "
+                   "(CNN_BNN_Model.py / CIFAR10_BNN.py flags), translated")
+    t.add_argument("--print-config", action="store_true", help="print the resolved config "
+                   "and exit")
+    t.set_defaults(func=_train)
     return parser
 
 

@@ -162,16 +162,25 @@ class TensorLoader:
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         epoch = self.epoch
         self.epoch += 1
+        return self.batches(epoch)
+
+    def batches(self, epoch: int, start: int = 0) -> Iterator[tuple[Tensor, Tensor]]:
+        """The batches of ``epoch`` from batch index ``start`` on (for exact resumption).
+
+        Augmentation draws come from a generator seeded per (seed, epoch, rank, batch), so
+        batch ``i`` is the same whether the epoch is iterated from 0 or from ``start``.
+        """
+        if not 0 <= start <= len(self):
+            raise ValueError(f"start must be in [0, {len(self)}], got {start}")
         idx = self.indices(epoch).to(self.x.device)
-        aug_gen = torch.Generator().manual_seed(
-            (self.seed + epoch) * 1_000_003 + self.rank + 1
-        )
         bs = self.batch_size
-        for i in range(len(self)):
+        for i in range(start, len(self)):
             sel = idx[i * bs: (i + 1) * bs]
             xb = self.x.index_select(0, sel)
             if self.augment is not None:
-                xb = self.augment(xb, aug_gen)
+                gen = torch.Generator().manual_seed(
+                    ((self.seed + epoch) * 1_000_003 + self.rank + 1) * 100_003 + i)
+                xb = self.augment(xb, gen)
             yield xb, self.y.index_select(0, sel.to(self.y.device))
 
 
