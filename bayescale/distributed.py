@@ -162,8 +162,11 @@ def setup(backend: str = "auto", device: str = "auto", threads: int | None = Non
 
 
 def teardown() -> None:
-    """Destroy the process group if this module (or the caller) created one."""
+    """Destroy the process group after a barrier (no rank tears down while another still talks
+    to it: gloo aborts the process when a peer's connection vanishes mid-operation)."""
     if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

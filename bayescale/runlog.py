@@ -113,8 +113,8 @@ class RunLog:
         """Buffer one timing row (written by :meth:`flush`)."""
         if self.enabled:
             self._timing_buf.append(
-                f"{step},{batch_time:.6f},{samples / batch_time:.2f},{t_start:.6f},{t_end:.6f},"
-                f"{time_to_train:.6f},{allreduce:.6f},{world_size}\n")
+                f"{step},{batch_time:.9f},{samples / batch_time:.3f},{t_start:.6f},{t_end:.6f},"
+                f"{time_to_train:.9f},{allreduce:.9f},{world_size}\n")
 
     def posterior(self, step: int, model: nn.Module, bins: int = 60) -> None:
         """Save a posterior snapshot (summary line + histogram tensors)."""

@@ -213,8 +213,8 @@ class _Trainer:
                  "left untouched" if self.last_ckpt else "no checkpoint was written yet")
         return TrainingDiverged(
             f"{what} became NaN/Inf at step {self.step + 1} (epoch {epoch}); {where}. Lower "
-            "optim.lr, set optim.clip_grad_norm, or warm up the KL (kl.schedule=linear), then resume with "
-            "--resume or start again")
+            "optim.lr, set optim.clip_grad_norm, or warm up the KL (kl.schedule=linear), then "
+            "resume with --resume or start again")
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:

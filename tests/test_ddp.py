@@ -58,6 +58,7 @@ def _worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
         torch.save({"grads": grads, "params": params, "outs": outs},
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
+        dist.barrier()  # nobody tears down while the peer still uses the connection
         dist.destroy_process_group()
 
 
