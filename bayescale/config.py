@@ -124,6 +124,8 @@ class DistConfig:
     backend: Literal["auto", "gloo", "nccl"] = _opt("auto", "auto = nccl on CUDA, else gloo")
     broadcast_init: bool = _opt(True, "broadcast the initial state from rank 0 (Horovod hook)")
     timeout_s: int = _opt(1800, "collective timeout in seconds")
+    bucket_cap_mb: float | None = _opt(None, "DDP gradient bucket size in MiB (smaller buckets "
+                                             "start their all-reduce earlier in backward)")
 
 
 @dataclass

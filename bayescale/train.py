@@ -37,6 +37,7 @@ from .elbo import elbo_terms
 from .models import get_model, model_spec
 from .priors import GaussianPrior
 from .runlog import RunLog
+from .sampling import bayesian_layers
 from .schedules import kl_weight_at, lr_factor
 
 __all__ = ["train", "TrainingDiverged", "run_paths"]
@@ -154,7 +155,8 @@ class _Trainer:
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
             self.model = DDP(self.base, device_ids=[device] if device.type == "cuda" else None,
-                             init_sync=cfg.dist.broadcast_init)
+                             init_sync=cfg.dist.broadcast_init,
+                             bucket_cap_mb=cfg.dist.bucket_cap_mb)
             self.model.register_comm_hook(None, self.timer.hook)
         self.forward = torch.compile(self.model) if t.compile else self.model
         if ckpt is not None:
@@ -199,7 +201,9 @@ class _Trainer:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(self.cfg.train.seed + 104_729 * (self.rank + 1) + self.step)
             self.base.eval()
-            res = eval_sharded(self.base, self.data.test, e.samples, e.batch_size, self.device,
+            # a deterministic twin gives the same prediction every time: one pass suffices
+            samples = e.samples if bayesian_layers(self.base) else 1
+            res = eval_sharded(self.base, self.data.test, samples, e.batch_size, self.device,
                                self.cfg.train.precision)
             self.base.train()
         row = {"step": self.step, "epoch": round(epoch, 4), **res, **extra,

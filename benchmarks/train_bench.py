@@ -95,7 +95,7 @@ def ddp(a: argparse.Namespace) -> dict:
     """Weak scaling, BNN_conv_flip: the same steps per worker with 1 and with 2 workers."""
     common = ["mnist_bnn_conv_flip", "data.name=mnist-small", f"train.steps={a.steps}",
               "train.scaling=weak", "train.threads=1", "eval.every_epochs=0", "eval.samples=1",
-              "train.checkpoint_every=100000", f"train.seed={a.seeds[0]}"]
+              "train.checkpoint_every=100000", f"train.seed={a.seeds[0]}", *a.extra]
     rows = {}
     for world in (1, 2):
         with tempfile.TemporaryDirectory() as tmp:
@@ -103,14 +103,29 @@ def ddp(a: argparse.Namespace) -> dict:
                         f"--nproc-per-node={world}"]
             _run([*common, f"output.dir={tmp}", "output.name=run"], launcher)
             rows[f"{world}x1"] = _read_run(Path(tmp) / "run")
+    # The machine's ceiling: two independent single-thread runs side by side (no communication).
+    with tempfile.TemporaryDirectory() as tmp:
+        cmds = [[sys.executable, "-m", "bayescale", "train", *common, f"output.dir={tmp}",
+                 f"output.name=solo{i}", "train.progress=false"] for i in range(2)]
+        print("+ 2 concurrent:", " ".join(cmds[0]), flush=True)
+        procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                 for c in cmds]
+        for p in procs:
+            if p.wait() != 0:
+                raise SystemExit(p.stderr.read().decode()[-4000:])
+        rows["2 independent x1"] = [_read_run(Path(tmp) / f"solo{i}") for i in range(2)]
     one, two = rows["1x1"], rows["2x1"]
     bs = 64
     thr1 = bs / one["median_step_s"]
     thr2 = 2 * bs / two["median_step_s"]
+    solo = statistics.fmean(r["median_step_s"] for r in rows["2 independent x1"])
     rows["throughput_1x1"] = thr1
     rows["throughput_2x1"] = thr2
     rows["efficiency"] = thr2 / (2 * thr1)
-    print(json.dumps({k: rows[k] for k in ("throughput_1x1", "throughput_2x1", "efficiency")}))
+    rows["ceiling_efficiency"] = one["median_step_s"] / solo  # no communication at all
+    rows["allreduce_share_2x1"] = two["allreduce_share"]
+    print(json.dumps({k: rows[k] for k in ("throughput_1x1", "throughput_2x1", "efficiency",
+                                           "ceiling_efficiency", "allreduce_share_2x1")}))
     return rows
 
 
@@ -125,6 +140,7 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=1e-4, help="cifar: Adam lr (seed: 1e-4)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--models", nargs="*", help="only these rows (default: all)")
+    p.add_argument("--extra", nargs="*", default=[], help="more key=value overrides (ddp)")
     a = p.parse_args()
     rows = {"mnist": mnist, "cifar": cifar, "ddp": ddp}[a.suite](a)
     path = write_json(RESULTS / f"train_{a.suite}.json",

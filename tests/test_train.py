@@ -168,3 +168,27 @@ def test_seed_flagfile_runs_through_the_cli(tmp_path, capsys):
     # resume from the run directory alone (config read back from config.yaml)
     assert cli.main(["train", "--resume", str(tmp_path / "seed"), "train.steps=5"]) == 0
     assert len(_rows(tmp_path / "seed" / "timing.csv")) == 5
+
+
+def test_main_job_config_trains_a_seed_model_on_shipped_mnist(tmp_path):
+    """The README's first command, shortened: BNN_conv_flip on the shipped real MNIST subset."""
+    cfg = load_config("quickstart", ["train.steps=60", "eval.samples=2", "data.limit_test=500",
+                                     "train.progress=false", f"output.dir={tmp_path}"])
+    assert cfg.model.name == "BNN_conv_flip" and cfg.data.name == "mnist-small"
+    res = train(cfg)
+    assert res["data"] == "mnist-small" and res["steps"] == 60
+    assert res["final_eval"]["test_count"] == 500
+    assert res["final_eval"]["test_acc"] > 0.6  # 60 steps of 64 real digits; chance is 0.1
+
+
+@pytest.mark.slow
+def test_compile_option_matches_eager_training(tmp_path, monkeypatch):
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config, "fallback_random", True)  # eager's RNG stream
+    common = ["train.steps=3", "train.log_every=1", "model.estimator=reparam"]
+    train(_cfg(tmp_path, *common, "output.name=eager"))
+    train(_cfg(tmp_path, *common, "train.compile=true", "output.name=compiled"))
+    eager = [float(r["loss"]) for r in _rows(tmp_path / "eager" / "train.csv")]
+    compiled = [float(r["loss"]) for r in _rows(tmp_path / "compiled" / "train.csv")]
+    assert compiled == pytest.approx(eager, rel=1e-4)
