@@ -68,9 +68,11 @@ def test_cli_run_writes_config_metrics_timing_checkpoint(tmp_path, capsys):
     assert [s["step"] for s in stats] == [0, 10]
     snap = torch.load(run / "posterior" / "step_0000010.pt", weights_only=True)["fc1"]
     assert snap["mu_hist"].sum() == 784 * 64 and snap["sigma_hist"].sum() == 784 * 64
-    sigma = torch.nn.functional.softplus(torch.zeros(1))  # sanity: sigmas are positive
-    assert snap["sigma_min"] > 0 < sigma
     assert snap["mu_mean"] == pytest.approx(0.0, abs=0.02)  # init N(0, 0.1^2) barely moved
+    init = torch.load(run / "posterior" / "step_0000000.pt", weights_only=True)["fc1"]
+    # tutorial init: rho ~ N(-3, 0.1^2) -> sigma = softplus(rho) ~ softplus(-3) = 0.04859
+    assert init["sigma_mean"] == pytest.approx(0.04859, abs=5e-4)
+    assert init["mu_std"] == pytest.approx(0.1, abs=2e-3)
 
 
 def test_resume_continues_exactly(tmp_path):
