@@ -148,7 +148,7 @@ class Config:
     output: OutputConfig = field(default_factory=OutputConfig)
 
 
-_SECTIONS = {f.name: f.type for f in dataclasses.fields(Config)}
+_SECTIONS = [f.name for f in dataclasses.fields(Config)]
 
 
 def _section_types() -> dict[str, type]:
@@ -188,14 +188,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         args = get_args(tp)
         if value is None and type(None) in args:
             return None
-        errors = []
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _coerce(value, a, key)
-            except ConfigError as err:
-                errors.append(err)
+            except ConfigError:
+                pass
         raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         if value in get_args(tp):
