@@ -80,6 +80,32 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scale(args: argparse.Namespace) -> int:
+    from .scale import collect, parse_workers, run_study, write_batch_scripts
+
+    try:
+        if args.collect:
+            path = collect(args.collect, args.mode)
+        elif args.config is None:
+            raise ValueError("give a CONFIG (or --collect DIR)")
+        elif args.batch_nodes:
+            paths = write_batch_scripts(args.config, parse_workers(args.batch_nodes), args.out,
+                                        args.mode, args.overrides, not args.no_twin,
+                                        args.cores_per_node, args.time)
+            print(f"wrote {len(paths)} batch scripts to {paths[-1].parent}; submit with "
+                  f"{paths[-1]}")
+            return 0
+        else:
+            path = run_study(args.config, parse_workers(args.workers), args.mode, args.out,
+                             args.overrides, not args.no_twin)
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
+        print(f"bayescale scale: {err}", file=sys.stderr)
+        return 1
+    print(f"scaling table {path}; figures {path.parent / 'time_to_train.png'}, "
+          f"{path.parent / 'speedup.png'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bayescale", description="Bayesian neural networks at "
                                      "scale: mean-field VI layers, training, uncertainty, pruning.")
@@ -114,6 +140,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--print-config", action="store_true", help="print the resolved config "
                    "and exit")
     t.set_defaults(func=_train)
+    sc = sub.add_parser("scale", help="scaling study: train CONFIG and its CNN twin on 1, 2, ... "
+                        "workers with torchrun; CSV + time-to-train and speed-up figures")
+    sc.add_argument("config", nargs="?", help="YAML file or shipped config name")
+    sc.add_argument("overrides", nargs="*", help="dotted overrides for every run")
+    sc.add_argument("--workers", default="1,2", help="worker counts on this machine (1,2)")
+    sc.add_argument("--mode", choices=("strong", "weak"), default="strong",
+                    help="strong: fixed total budget (the seed's); weak: fixed steps per worker")
+    sc.add_argument("--out", default="runs/scale", help="output directory (runs/scale)")
+    sc.add_argument("--no-twin", action="store_true", help="skip the deterministic CNN twin")
+    sc.add_argument("--collect", metavar="DIR", help="only gather DIR/runs/*/timing.csv (e.g. "
+                    "after cluster jobs) into DIR/scaling.csv and the figures")
+    sc.add_argument("--batch-nodes", metavar="N,N,...", help="write SLURM and PBS/Cobalt "
+                    "scripts for these node counts instead of running here")
+    sc.add_argument("--cores-per-node", type=int, default=64, help="threads per node (scripts)")
+    sc.add_argument("--time", default="01:00:00", help="wall time per job (scripts)")
+    sc.set_defaults(func=_scale)
     return parser
 
 
