@@ -105,6 +105,10 @@ class BayesianLayer(nn.Module):
             self.bias = nn.Parameter(torch.empty(bias_shape, **factory))
         self._mode = "sample"
         self._fixed_eps: tuple[Tensor, Tensor | None] | None = None
+        # Pruning mask (bool, True = kept), a persistent buffer set only by set_weight_mask; the
+        # plain flag keeps the unmasked forward free of buffer lookups.
+        self.register_buffer("weight_mask", None)
+        self._masked = False
         self.reset_parameters()
 
     # ------------------------------------------------------------------ posterior
@@ -138,9 +142,37 @@ class BayesianLayer(nn.Module):
     def bias_sigma(self) -> Tensor | None:
         return self._sigma(self.bias_rho) if self.bayesian_bias else None
 
+    def set_weight_mask(self, mask: Tensor | None) -> None:
+        """Prune (``mask``: bool, weight-shaped, True = kept) or unprune (``None``) the weights.
+
+        A pruned weight is removed: exactly 0 in every forward (no noise) and out of the KL. The
+        mask is a persistent buffer, so it is saved in and loaded from the state_dict.
+        """
+        if mask is not None:
+            if mask.shape != self.weight_mu.shape or mask.dtype != torch.bool:
+                raise ValueError(f"weight_mask must be a bool tensor of shape "
+                                 f"{tuple(self.weight_mu.shape)}, got {mask.dtype} "
+                                 f"{tuple(mask.shape)}; build it with bayescale.pruning")
+            mask = mask.to(self.weight_mu.device)
+        self.weight_mask = mask
+        self._masked = mask is not None
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # A pruned layer's state into a fresh one: create the mask buffer, then load as usual.
+        if prefix + "weight_mask" in state_dict and not self._masked:
+            self.set_weight_mask(torch.ones_like(self.weight_mu, dtype=torch.bool))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def kl(self) -> Tensor:
-        """KL(q || p) summed over this layer's Bayesian weights (and bias, if Bayesian)."""
-        kl = self.prior.kl(self.weight_mu, self.weight_sigma)
+        """KL(q || p) summed over this layer's Bayesian weights (and bias, if Bayesian).
+
+        Pruned weights (``weight_mask`` False) are removed from the model and from the KL.
+        """
+        if self._masked:
+            kl = self.prior.kl(self.weight_mu[self.weight_mask],
+                               self.weight_sigma[self.weight_mask])
+        else:
+            kl = self.prior.kl(self.weight_mu, self.weight_sigma)
         if self.bayesian_bias:
             kl = kl + self.prior.kl(self.bias_mu, self.bias_sigma)
         return kl
@@ -164,6 +196,8 @@ class BayesianLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self._prepare_input(x)
+        if self._masked:
+            return self._forward_masked(x)
         if self._mode == "mean":
             return self._op(x, self.weight_mu, self._bias_mean())
         if self._mode == "fixed":
@@ -173,8 +207,28 @@ class BayesianLayer(nn.Module):
             weight = torch.addcmul(self.weight_mu, sigma, torch.randn_like(sigma))
             return self._op(x, weight, self._bias_sample())
         if self.estimator == "flipout":
-            return self._forward_flipout(x)
-        return self._forward_local(x)
+            return self._forward_flipout(x, self.weight_mu, self.weight_sigma)
+        return self._forward_local(x, self.weight_mu, self.weight_sigma)
+
+    def _forward_masked(self, x: Tensor) -> Tensor:
+        """Forward of a pruned layer: W = m * (mu + sigma * eps), exactly 0 where m = 0."""
+        m = self.weight_mask
+        mu = self.weight_mu * m
+        if self._mode == "mean":
+            return self._op(x, mu, self._bias_mean())
+        sigma = self.weight_sigma * m
+        if self._mode == "fixed":
+            eps_w, eps_b = self._fixed_eps
+            bias = self._bias_mean()
+            if eps_b is not None:
+                bias = torch.addcmul(self.bias_mu, self.bias_sigma, eps_b)
+            return self._op(x, torch.addcmul(mu, sigma, eps_w), bias)
+        if self.estimator == "reparam":
+            weight = torch.addcmul(mu, sigma, torch.randn_like(sigma))
+            return self._op(x, weight, self._bias_sample())
+        if self.estimator == "flipout":
+            return self._forward_flipout(x, mu, sigma)
+        return self._forward_local(x, mu, sigma)
 
     def _forward_fixed(self, x: Tensor) -> Tensor:
         eps_w, eps_b = self._fixed_eps
@@ -188,19 +242,18 @@ class BayesianLayer(nn.Module):
         k = self._sign_trailing_dims
         return tuple(t.shape[: t.dim() - k]) + (1,) * k
 
-    def _forward_flipout(self, x: Tensor) -> Tensor:
-        sigma = self.weight_sigma
+    def _forward_flipout(self, x: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
         delta = sigma * torch.randn_like(sigma)
-        mean = self._op(x, self.weight_mu, self._bias_sample())
+        mean = self._op(x, mu, self._bias_sample())
         s_in = _rademacher(self._sign_shape(x), x)
         pert = self._op(x * s_in, delta, None)
         s_out = _rademacher(self._sign_shape(pert), pert)
         return torch.addcmul(mean, pert, s_out)
 
-    def _forward_local(self, x: Tensor) -> Tensor:
-        mean = self._op(x, self.weight_mu, self._bias_mean())
+    def _forward_local(self, x: Tensor, mu: Tensor, sigma: Tensor) -> Tensor:
+        mean = self._op(x, mu, self._bias_mean())
         bias_var = self.bias_sigma.square() if self.bayesian_bias else None
-        var = self._op(x.square(), self.weight_sigma.square(), bias_var)
+        var = self._op(x.square(), sigma.square(), bias_var)
         # Noise and its scale in float32 even when the ops ran in bf16 under autocast.
         std = var.float().clamp_min(_VAR_FLOOR).sqrt()
         return (mean.float() + std * torch.randn_like(std)).to(mean.dtype)
@@ -251,8 +304,11 @@ class BayesianLayer(nn.Module):
     def extra_repr(self) -> str:
         bias = "none" if self.bias is None and not self.bayesian_bias else (
             "bayesian" if self.bayesian_bias else "deterministic")
+        pruned = ""
+        if self._masked:
+            pruned = f", pruned={int((~self.weight_mask).sum())}/{self.weight_mask.numel()}"
         return (f"{self._shape_repr()}, estimator={self.estimator}, prior={self.prior!r}, "
-                f"bias={bias}")
+                f"bias={bias}{pruned}")
 
     def _shape_repr(self) -> str:
         return f"weight={tuple(self.weight_mu.shape)}"
