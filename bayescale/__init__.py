@@ -27,7 +27,14 @@ from .priors import (
     moped,
 )
 from .sampling import bayesian_layers, fixed_sample, mean_weights
-from .uncertainty import mc_predict
+from .uncertainty import (
+    RegressionPrediction,
+    decompose,
+    mc_predict,
+    mutual_information,
+    predictive_entropy,
+    timed_mc_predict,
+)
 
 __version__ = "0.1.0"
 
@@ -62,6 +69,11 @@ __all__ = [
     "bayesian_layers",
     # prediction
     "mc_predict",
+    "timed_mc_predict",
+    "RegressionPrediction",
+    "decompose",
+    "predictive_entropy",
+    "mutual_information",
     # model zoo
     "get_model",
     "list_models",

@@ -201,3 +201,14 @@ def test_bad_inputs_name_the_fix():
         M.aupr(torch.zeros(2, 2), torch.ones(2))
     with pytest.raises(ValueError, match=r"\(T, N, C\)"):
         M.mean_single_sample_accuracy(probs, y)
+
+
+def test_accuracy_and_nll_match_reference():
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1]])
+    y = torch.tensor([0, 1, 1])
+    assert M.accuracy(probs, y) == pytest.approx(1 / 3)
+    ref = -(torch.log(torch.tensor(0.7)) + torch.log(torch.tensor(0.3))
+            + torch.log(torch.tensor(0.4))) / 3
+    assert M.nll(probs, y) == pytest.approx(ref.item())
+    with pytest.raises(ValueError, match="labels"):
+        M.accuracy(probs, torch.tensor([0, 1]))
