@@ -24,7 +24,7 @@ from torch import Tensor
 
 __all__ = ["GROUPINGS", "group_view", "num_groups", "expand_group_mask", "group_mean_square",
            "group_range", "group_snr", "spike_slab_estep", "spike_slab_threshold",
-           "hard_prune_groups"]
+           "hard_prune_groups", "group_is_zero"]
 
 GROUPINGS = ("out", "in", "kernel")
 
@@ -133,3 +133,8 @@ def hard_prune_groups(w: Tensor, grouping: str, hard_threshold: float,
     if rule == "range":
         return group_range(w, grouping) < hard_threshold
     raise ValueError(f"unknown rule {rule!r}; choose 'mean_square' or 'range'")
+
+
+def group_is_zero(w: Tensor, grouping: str) -> Tensor:
+    """True for each group whose weights are all exactly zero (a removed unit/channel)."""
+    return ~group_view(w, grouping).ne(0).any(dim=1)
