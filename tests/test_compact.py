@@ -51,12 +51,13 @@ def test_compacted_equals_masked_bayesian_float64(f64, sparsity):
     model = _vggish()
     x = torch.randn(5, 3, 8, 8)
     keep = C.unit_masks(C.unit_scores(model), sparsity=sparsity)
-    for name, k in keep.items():  # floor(s * units) removed in each layer
+    for k in keep.values():  # floor(s * units) removed in each layer
         assert int((~k).sum()) == math.floor(sparsity * k.numel())
     masked = C.mask_units(copy.deepcopy(model), keep)
     small = C.compact(masked, x)
     _same(masked, small, x)
-    widths = [m.weight_mu.shape[0] for m in small.modules() if isinstance(m, bayescale.BayesianLayer)]
+    widths = [m.weight_mu.shape[0] for m in small.modules()
+              if isinstance(m, bayescale.BayesianLayer)]
     assert widths == [int(k.sum()) for k in keep.values()] + [4]
     assert small[0][1].num_features == widths[0] and small[0][5].num_features == widths[1]
     # the posterior of the kept weights is unchanged: mu and sigma are slices of the original
