@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from . import distributed as D
-from .config import Config, OptimConfig
+from .config import Config, OptimConfig, SGHMCConfig
 from .data import load_dataset
 from .datasets import Dataset, TensorSplit
 from .loader import CropFlip, TensorLoader
@@ -64,10 +64,23 @@ def build_loader(cfg: Config, train: Dataset, rank: int, world: int,
     return TensorLoader(x, y, cfg.train.batch_size, seed=seed + 1_000_003 * rank, augment=aug)
 
 
-def build_optimizer(o: OptimConfig, params: Iterable[nn.Parameter], lr: float
-                    ) -> torch.optim.Optimizer:
-    """Adam (the seed's), AdamW or SGD with momentum."""
+def build_optimizer(o: OptimConfig, params: Iterable[nn.Parameter], lr: float, *,
+                    sghmc: SGHMCConfig | None = None, num_train: int | None = None,
+                    seed: int = 0) -> torch.optim.Optimizer:
+    """Adam (the seed's), AdamW, SGD with momentum, or Ke & Fan's SGHMC (``sghmc`` settings,
+    ``num_train`` = N and the noise ``seed``, the same on every rank)."""
     params = list(params)
+    if o.name == "sghmc":
+        from .kefan import SGHMCSpikeSlab
+
+        if num_train is None:
+            raise ValueError("optim.name=sghmc needs num_train (the training-set size N)")
+        k = sghmc or SGHMCConfig()
+        return SGHMCSpikeSlab(params, num_train, lr, preset=k.preset, temperature=k.temperature,
+                              eta=k.eta, betas=tuple(k.betas) if k.betas else None, eps1=k.eps1,
+                              eps0=k.eps0, soft_threshold=k.soft_threshold,
+                              hard_threshold=k.hard_threshold, warm_up=k.warm_up, group=k.group,
+                              seed=seed)
     if o.name == "adam":
         return torch.optim.Adam(params, lr=lr, betas=tuple(o.betas), eps=o.eps,
                                 weight_decay=o.weight_decay)

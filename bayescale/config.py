@@ -81,8 +81,9 @@ class TrainConfig:
 
 @dataclass
 class OptimConfig:
-    name: Literal["adam", "adamw", "sgd"] = _opt("adam", "optimizer (the seed uses adam)")
-    lr: float = _opt(1e-3, "base learning rate")
+    name: Literal["adam", "adamw", "sgd", "sghmc"] = _opt(
+        "adam", "optimizer (the seed uses adam; sghmc = Ke & Fan, settings in section sghmc)")
+    lr: float = _opt(1e-3, "base learning rate (sghmc: h0 = C^2 at the start of each cycle)")
     momentum: float = _opt(0.9, "sgd momentum")
     nesterov: bool = _opt(False, "sgd Nesterov momentum")
     betas: list[float] = _opt([0.9, 0.999], "adam betas")
@@ -99,6 +100,32 @@ class ScheduleConfig:
     min_lr_ratio: float = _opt(0.0, "cosine: final lr / base lr")
     step_size: int = _opt(1000, "step: steps between decays")
     gamma: float = _opt(0.1, "step: decay factor")
+
+
+@dataclass
+class SGHMCConfig:
+    """Ke & Fan's SGHMC with spike-and-slab groups (optim.name=sghmc; bayescale.kefan).
+    Settings left null take the preset's value (spec §4.5)."""
+
+    preset: Literal["notebook", "fc_default", "cifar_script"] = _opt(
+        "notebook", "default set: notebook (SGHMC_SPL.md / notebooks), fc_default (FC/GNN "
+                    "constructor), cifar_script (CNN constructor + main_cifar T = 1/N)")
+    temperature: float | Literal["1/N", "1/sqrt(N)", "untempered"] | None = _opt(
+        None, "the update's T: a number, 1/N, 1/sqrt(N), or untempered (targets p(w|D))")
+    eta: float | None = _opt(None, "step size of the preconditioner (rho) update")
+    betas: list[float] | None = _opt(None, "(beta1, beta2): 1 - friction, gradient scale")
+    eps1: float | None = _opt(None, "slab weight decay delta1/N (per weight, mean-loss units)")
+    eps0: float | None = _opt(None, "spike weight decay delta0/N")
+    soft_threshold: float | None = _opt(None, "E-step: group mean w^2 below this -> spike")
+    hard_threshold: float | None = _opt(None, "prune a group for good below this (mean w^2; "
+                                              "conv channels/filters: max - min)")
+    warm_up: int | None = _opt(None, "epochs before the E-step and pruning start")
+    group: Literal["none", "cnn", "fc", "gnn", "cnn_fc"] | None = _opt(
+        None, "groups: cnn (kernel slices; channels/filters), fc (input columns), gnn (output "
+              "rows), cnn_fc (conv as cnn + linear as fc), none (dense)")
+    cycles: int | None = _opt(None, "M, cycles of the cyclical cosine step size")
+    samples_per_cycle: int = _opt(3, "weight samples kept at the last epoch ends of each "
+                                     "cycle (RUN/samples/), averaged at the end")
 
 
 @dataclass
@@ -141,6 +168,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    sghmc: SGHMCConfig = field(default_factory=SGHMCConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     kl: KLConfig = field(default_factory=KLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -283,6 +311,12 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"kl.weight must be >= 0, got {cfg.kl.weight}")
     if len(cfg.optim.betas) != 2:
         raise ConfigError(f"optim.betas needs two numbers, got {cfg.optim.betas}")
+    k = cfg.sghmc
+    if k.betas is not None and len(k.betas) != 2:
+        raise ConfigError(f"sghmc.betas needs two numbers, got {k.betas}")
+    if (k.cycles is not None and k.cycles < 1) or k.samples_per_cycle < 0:
+        raise ConfigError(f"need sghmc.cycles >= 1 and sghmc.samples_per_cycle >= 0, got "
+                          f"{k.cycles} and {k.samples_per_cycle}")
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

@@ -10,7 +10,8 @@ import math
 
 from .elbo import kl_weight_blundell, kl_weight_linear
 
-__all__ = ["lr_factor", "kl_weight_at", "kl_weight_cyclical"]
+__all__ = ["lr_factor", "kl_weight_at", "kl_weight_cyclical", "cyclical_cosine",
+           "cyclical_cosine_kefan", "cycle_of_step", "cycle_sample_steps"]
 
 
 def lr_factor(step: int, total_steps: int, name: str = "constant", warmup_steps: int = 0,
@@ -63,3 +64,57 @@ def kl_weight_at(step: int, total_steps: int, weight: float = 1.0, schedule: str
         return weight * kl_weight_blundell(batch_index, batches_per_epoch)
     raise ValueError(f"unknown KL schedule {schedule!r}; choose constant, linear, cyclical "
                      "or blundell")
+
+
+def cyclical_cosine(step: int, total_steps: int, cycles: int, h0: float = 1.0) -> float:
+    """Cyclical cosine step size (Zhang et al. 2019, cSG-MCMC; Ke & Fan, spec §4.6) at 0-based
+    ``step``: the run is cut into ``cycles`` equal cycles and each one decays
+    ``h = h0 * (cos(pi * u) + 1) / 2`` from ``h0`` (u = 0) towards 0 (u -> 1), u being the position
+    in the cycle, ``frac(step * cycles / total_steps)``.
+
+    This is the step-counted form of :func:`cyclical_cosine_kefan`; it drops that formula's two
+    quirks (a float batch count ``N/B + 1`` and an epoch offset of one), so the last cycle ends at
+    the last step instead of restarting at ``h0``.
+    """
+    if cycles < 1 or total_steps < 1:
+        raise ValueError(f"need cycles >= 1 and total_steps >= 1, got {cycles}, {total_steps}")
+    u = (step * cycles / total_steps) % 1.0
+    return h0 * 0.5 * (math.cos(math.pi * u) + 1.0)
+
+
+def cyclical_cosine_kefan(epoch: int, batch: int, num_train: int, batch_size: int, epochs: int,
+                          cycles: int, h0: float) -> float:
+    """Ke & Fan's schedule exactly as their scripts compute it (spec §4.6), for replication.
+
+    ``num_batch = N / B + 1`` (a float), ``T = epochs * num_batch``, ``P = floor(T / M)``,
+    ``r = epoch * num_batch + batch`` and ``h = h0 * (cos(pi * (r mod P) / P) + 1) / 2``. Their
+    training loops pass ``epoch + 1`` for ``epoch`` (0-based loop index) and run ``epochs - 1``
+    epochs; callers replicate that themselves.
+    """
+    num_batch = num_train / batch_size + 1
+    period = (epochs * num_batch) // cycles
+    if period <= 0:
+        raise ValueError(f"epochs={epochs} x {num_batch:g} batches leaves no step per cycle "
+                         f"for {cycles} cycles")
+    r = epoch * num_batch + batch
+    return h0 * 0.5 * (math.cos(math.pi * (r % period) / period) + 1.0)
+
+
+def cycle_of_step(step: int, total_steps: int, cycles: int) -> int:
+    """0-based cycle index of 0-based ``step`` under :func:`cyclical_cosine`."""
+    return min(cycles - 1, step * cycles // total_steps)
+
+
+def cycle_sample_steps(total_steps: int, cycles: int, per_cycle: int, gap: int) -> list[int]:
+    """Step counts (updates done) after which a sample is kept: the last ``per_cycle`` multiples
+    of ``gap`` before the end of each cycle, the cycle's end included (Ke & Fan keep 3 per cycle,
+    at epoch ends: ``gap`` = steps per epoch). Sorted, without duplicates, each inside its cycle.
+    """
+    if per_cycle < 0 or gap < 1:
+        raise ValueError(f"need per_cycle >= 0 and gap >= 1, got {per_cycle}, {gap}")
+    out: list[int] = []
+    for c in range(cycles):
+        start = -(-c * total_steps // cycles)        # first step of cycle c (ceil)
+        end = -(-(c + 1) * total_steps // cycles)    # steps done when cycle c is over
+        out += [end - j * gap for j in range(per_cycle) if end - j * gap > start]
+    return sorted(set(out))

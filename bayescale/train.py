@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import distributed as D
+from . import kefan as KF
 from .builders import build_loader, build_optimizer, eval_sharded, load_data, make_run_dir
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, config_from_dict, config_to_dict
@@ -144,7 +145,11 @@ class _Trainer:
             raise ValueError(f"budget of {budget} steps leaves none for each of {self.world} "
                              "workers; raise train.steps/epochs or use train.scaling=weak")
         self.base_lr = cfg.optim.lr * (self.world if cfg.optim.scale_lr_by_world_size else 1)
-        self.opt = build_optimizer(cfg.optim, self.base.parameters(), self.base_lr)
+        sghmc = cfg.optim.name == "sghmc"
+        if sghmc:  # Ke & Fan: a deterministic net, mean NLL, noise seeded alike on every rank
+            KF.check_model(self.base)
+        self.opt = build_optimizer(cfg.optim, self.base.parameters(), self.base_lr,
+                                   sghmc=cfg.sghmc, num_train=self.num_train, seed=t.seed)
         self.step, self.time_to_train = 0, 0.0
         if ckpt is not None:
             self.base.load_state_dict(ckpt["model"])
@@ -167,6 +172,11 @@ class _Trainer:
         self.log = RunLog(self.run_dir, self.main, ckpt["step"] if ckpt else None,
                           cfg.output.tensorboard)
         self.last_ckpt = (self.step, self.run_dir / "checkpoint.pt") if ckpt else None
+        self.kefan = KF.KeFanTraining(
+            self.opt, self.base, self.base_lr,
+            KF.resolve_hparams(cfg.sghmc.preset, cycles=cfg.sghmc.cycles)["cycles"],
+            cfg.sghmc.samples_per_cycle, self.per_epoch, self.total, self.run_dir,
+            ckpt["step"] if ckpt else None) if sghmc else None
         if self.main and ckpt is None:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg),
                                                                      sort_keys=False))
@@ -174,8 +184,8 @@ class _Trainer:
     # -- pieces ------------------------------------------------------------------------------
     def _lr_beta(self, batch_index: int) -> tuple[float, float]:
         s, c = self.cfg.schedule, self.cfg.kl
-        lr = self.base_lr * lr_factor(self.step, self.total, s.name, s.warmup_steps,
-                                      s.min_lr_ratio, s.step_size, s.gamma)
+        lr = self.kefan.lr(self.step) if self.kefan else self.base_lr * lr_factor(
+            self.step, self.total, s.name, s.warmup_steps, s.min_lr_ratio, s.step_size, s.gamma)
         beta = kl_weight_at(self.step, self.total, c.weight, c.schedule, c.anneal_steps,
                             c.cycles, c.ratio, batch_index, self.per_epoch)
         return lr, beta
@@ -261,12 +271,16 @@ class _Trainer:
                                          else "the gradient", epoch)
                 if clip is not None:
                     torch.nn.utils.clip_grads_with_norm_(grads, clip, gnorm)
+                if self.kefan:  # E-step + pruning at the first batch of an epoch past warm-up
+                    self.kefan.before_step(epoch, b)
                 self.opt.step()
                 _sync(self.device)
                 dt = time.perf_counter() - t0
                 self.time_to_train += dt
                 epoch_time += dt
                 self.step += 1
+                if self.kefan:  # samples at cycle ends, sparsity.csv at epoch ends
+                    self.kefan.after_step(self.step)
                 self.log.timing(self.step, dt, self.world * xb.shape[0], wall0, wall0 + dt,
                                 self.time_to_train, self.timer.pop(), self.world)
                 with torch.no_grad():
@@ -300,9 +314,12 @@ class _Trainer:
             last_eval = self.evaluate(self.step / self.per_epoch, {"epoch_time_s": epoch_time})
         if self.main:
             torch.save(self.base.state_dict(), self.run_dir / "model.pt")
+        bma = self.kefan.finish(lambda models: eval_sharded(
+            models, self.data.test, len(models), cfg.eval.batch_size, self.device,
+            t.precision)) if self.kefan else {}
         self.log.close()
         return {"run_dir": str(self.run_dir), "rank": self.rank, "world_size": self.world,
-                "steps": self.step,
+                "steps": self.step, "bma_eval": bma,
                 "epochs": self.step / self.per_epoch, "time_to_train_s": self.time_to_train,
                 "final_eval": last_eval, "model": cfg.model.name, "data": self.data.name}
 

@@ -1,0 +1,562 @@
+"""Ke & Fan's optimizer: adaptive variational Bayes as preconditioned SGHMC, with a spike-and-slab
+group prior whose E-step switches weight decays and prunes groups for good (spec §4.3-§4.6).
+
+One :class:`torch.optim.Optimizer`, :class:`SGHMCSpikeSlab` (the authors' ``SGHMC_SPL``). Per
+weight ``w`` with ``g`` = gradient of the **mean** minibatch loss, ``N`` = training-set size,
+``h = C^2`` the learning rate, ``T`` the temperature, ``eps`` = eps1 (slab) or eps0 (spike):
+
+    rho <- rho - eta * (T^2 C^3 eps tau + T C^1.5 xi_prev g - 1 / (tau N))   # preconditioner
+    tau <- sigmoid(rho);  xi ~ N(0, I)
+    r   <- beta1 r - C^2 beta2 (g + eps w) + sqrt(2 + 2 beta1^2) C^1.5 T xi    # momentum + noise
+    w   <- (w + tau r) * hard_mask
+
+The prior is only in the weight decays, ``eps = delta / N`` (prior N(0, 1/delta) per weight), so
+train on the mean NLL alone. No mean or variance tensors exist: the weights *are* the samples.
+State per weight: ``rho``, ``tau``, ``momentum``, ``noise`` (4 floats; with the weight 5, against
+6 for a mean-field layer trained with Adam); the spike-and-slab masks are kept per group (bools).
+
+**Which T targets the untempered posterior.** With ``tau`` frozen, put ``v = tau r``:
+``v <- beta1 v - eta_s grad U + noise``, ``w <- w + v``, where ``U = -log p(D|w) - log p(w)`` and
+``eta_s = tau h beta2 / N`` (since ``g + eps w = grad U / N`` for a mean loss). That is SGHMC
+(Chen et al. 2014, eq. 15) with friction ``alpha = 1 - beta1``, which samples ``p(w|D)^(1/T_post)``
+when the noise variance is ``2 alpha eta_s T_post``. The update injects ``tau^2 (2 + 2 beta1^2)
+h^1.5 T^2``, hence
+
+    T_post = (1 + beta1^2) tau N sqrt(h) T^2 / ((1 - beta1) beta2)
+    T_post = 1  <=>  T = sqrt((1 - beta1) beta2 / ((1 + beta1^2) tau N sqrt(h)))
+
+(:func:`untempered_temperature`). So the notebooks' ``T = N^-1/2`` has the right ``N``-scaling but
+is untempered only where ``tau sqrt(h) = 0.89`` (beta = (0.1, 1)); at ``h = 0.01``, ``tau ~ 1`` it
+samples at T_post ~ 0.11, colder still as ``h`` anneals; the CIFAR scripts' ``T = 1/N`` is close
+to plain SGD with momentum. ``temperature="untempered"`` applies the formula per weight and step
+(with the current ``tau``), so the chain targets ``p(w|D)`` at every ``h`` (tested on Bayesian
+linear regression); neglected, as in Chen et al.'s practical form: minibatch-gradient noise, the
+O(h) discretisation error, and the drift of ``tau`` when ``eta > 0``.
+
+**Presets** (:data:`PRESETS`, spec §4.5; the three sets disagree, so each is named by its origin):
+``"cifar_script"`` is the ``SGHMC_SPL_CNN.py`` constructor with T = 1/N as ``main_cifar*.py`` pass
+it (group policy ``"cnn"``, M = 4 cycles); ``"fc_default"`` the ``SGHMC_SPL_FC.py``/``_GNN.py``
+constructor and ``SGHMC_SPL.md`` signature (step default T = 1/50000, policy ``"fc"``, M = 6);
+``"notebook"`` the ``SGHMC_SPL.md`` example and sparse-regression notebooks (eps1 2e-4 as in
+Example 1, T = N^-1/2, warm-up 50, policy ``"fc"``, M = 6). Learning rates: notebooks h0 = 0.01,
+CIFAR scripts h0 = 1.
+
+**Groups** (spec §4.4; :mod:`bayescale.groups` does the maths): ``"cnn"`` conv weights, E-step per
+k x k kernel slice, input channels and filters pruned when their range ``max - min`` is below the
+hard threshold; ``"fc"`` 2-D weights by input column; ``"gnn"`` 2-D weights by output row (both
+pruned by mean square); ``"cnn_fc"`` conv weights as ``"cnn"`` and linear weights as ``"fc"``;
+``"none"`` dense. Everything else (biases, norms) keeps eps1 and is never pruned.
+
+**Data-parallel**: gradients arrive all-reduced, and the noise comes from the optimizer's own
+generator, seeded alike on every rank and saved in ``state_dict``, so ranks stay bit-identical.
+
+References:
+    Ke & Fan, "On the optimization and pruning for Bayesian deep learning", arXiv:2210.12957.
+    Chen, Fox & Guestrin, "Stochastic Gradient Hamiltonian Monte Carlo", ICML 2014.
+    Zhang et al., "Cyclical Stochastic Gradient MCMC for Bayesian Deep Learning", ICLR 2020.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import distributed as D
+from .groups import expand_group_mask, hard_prune_groups, spike_slab_estep
+from .schedules import cycle_sample_steps, cyclical_cosine
+
+__all__ = ["SGHMCSpikeSlab", "PRESETS", "GROUP_POLICIES", "TEMPERATURES", "resolve_hparams",
+           "untempered_temperature", "posterior_temperature", "sparsity", "layer_sparsity",
+           "SampleCollector", "load_samples", "check_model", "KeFanTraining"]
+
+GROUP_POLICIES = ("none", "cnn", "fc", "gnn", "cnn_fc")
+TEMPERATURES = ("1/N", "1/sqrt(N)", "untempered")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # SGHMC_SPL_CNN.py constructor; T = 1/N as main_cifar10.py / main_cifar100.py pass it (h0 = 1)
+    "cifar_script": dict(betas=(0.1, 1.0), eps1=5e-4, eps0=1e-3, soft_threshold=1e-4,
+                         hard_threshold=1e-2, warm_up=300, temperature="1/N", eta=0.1,
+                         group="cnn", cycles=4),
+    # SGHMC_SPL_FC.py / SGHMC_SPL_GNN.py constructor and the SGHMC_SPL.md signature
+    "fc_default": dict(betas=(0.1, 1.0), eps1=5e-4, eps0=1e-1, soft_threshold=1e-2,
+                       hard_threshold=1e-3, warm_up=3000, temperature=1 / 50000, eta=0.1,
+                       group="fc", cycles=6),
+    # SGHMC_SPL.md example and the sparse-regression notebooks (Example 1: eps1 = 2e-4, h0 = 0.01)
+    "notebook": dict(betas=(0.1, 1.0), eps1=2e-4, eps0=1e-2, soft_threshold=1e-2,
+                     hard_threshold=1e-3, warm_up=50, temperature="1/sqrt(N)", eta=0.1,
+                     group="fc", cycles=6),
+}
+
+
+def untempered_temperature(num_train: int, lr: float, betas: tuple[float, float] = (0.1, 1.0),
+                           tau: float | Tensor = 0.5) -> float | Tensor:
+    """The spec's ``T`` at which the update samples the untempered posterior (module docstring)."""
+    b1, b2 = betas
+    return ((1 - b1) * b2 / ((1 + b1**2) * tau * num_train * math.sqrt(lr))) ** 0.5
+
+
+def posterior_temperature(temperature: float, num_train: int, lr: float,
+                          betas: tuple[float, float] = (0.1, 1.0), tau: float = 0.5) -> float:
+    """``T_post`` sampled at the spec's ``T`` (1 = untempered, < 1 cold)."""
+    b1, b2 = betas
+    return (1 + b1**2) * tau * num_train * math.sqrt(lr) * temperature**2 / ((1 - b1) * b2)
+
+
+def resolve_hparams(preset: str | None = "notebook", **overrides: Any) -> dict[str, Any]:
+    """A preset's hyper-parameters with the non-None ``overrides`` on top."""
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown Ke & Fan preset {preset!r}; choose one of {sorted(PRESETS)}")
+    out = dict(PRESETS[preset or "notebook"])
+    out.update({k: v for k, v in overrides.items() if v is not None})
+    out["betas"] = tuple(out["betas"])
+    return out
+
+
+@dataclass(frozen=True)
+class _Rule:
+    estep: str                           # grouping of the E-step (groups.GROUPINGS)
+    prune: tuple[tuple[str, str], ...]   # (grouping, rule) pairs of the hard pruning
+
+
+_CNN = _Rule("kernel", (("in", "range"), ("out", "range")))
+_FC = _Rule("in", (("in", "mean_square"),))
+_GNN = _Rule("out", (("out", "mean_square"),))
+
+
+def _rule(policy: str, p: Tensor) -> _Rule | None:
+    """Which spike-and-slab rule (spec §4.4) parameter ``p`` follows under ``policy``."""
+    if p.dim() >= 3 and policy in ("cnn", "cnn_fc"):
+        return _CNN
+    if p.dim() == 2 and policy in ("fc", "cnn_fc"):
+        return _FC
+    if p.dim() == 2 and policy == "gnn":
+        return _GNN
+    return None
+
+
+def _check(ok: bool, msg: str) -> None:
+    if not ok:
+        raise ValueError(msg)
+
+
+class SGHMCSpikeSlab(torch.optim.Optimizer):
+    """Ke & Fan's SGHMC with spike-and-slab group prior (``SGHMC_SPL``; see the module docstring).
+
+    Args:
+        params: parameters or param groups (a group may set its own ``group`` policy etc.).
+        num_train: N, the training-set size (the gradient is of a mean loss).
+        lr: h = C^2, the step size (set it every step from the cyclical schedule).
+        temperature: the spec's T: a number, ``"1/N"``, ``"1/sqrt(N)"`` or ``"untempered"``
+            (T per weight and step such that the chain targets p(w|D)).
+        eta: step size of the preconditioner update (0 freezes tau at 1/2).
+        betas: (beta1, beta2) = (1 - friction, gradient scale).
+        eps1: slab weight decay delta1 / N; eps0: spike weight decay delta0 / N.
+        soft_threshold: E-step threshold on a group's mean w^2 (below: spike).
+        hard_threshold: pruning threshold (mean w^2, or range for conv weights).
+        warm_up: ``step(epoch=e, batch=0)`` runs the E-step and pruning when ``e > warm_up``.
+        group: spike-and-slab group policy, one of ``GROUP_POLICIES``.
+        seed: seed of the noise generator (the same on every data-parallel rank).
+        momentum_init_std: the momentum starts as ``momentum_init_std * N(0, 1)`` (spec 0.001).
+        preset: a name in ``PRESETS`` supplying every argument left as None.
+    """
+
+    def __init__(self, params: Iterable[Tensor] | Iterable[dict], num_train: int,
+                 lr: float = 0.01, *, preset: str | None = "notebook",
+                 temperature: float | str | None = None, eta: float | None = None,
+                 betas: tuple[float, float] | None = None, eps1: float | None = None,
+                 eps0: float | None = None, soft_threshold: float | None = None,
+                 hard_threshold: float | None = None, warm_up: int | None = None,
+                 group: str | None = None, seed: int = 0, momentum_init_std: float = 1e-3
+                 ) -> None:
+        hp = resolve_hparams(preset, temperature=temperature, eta=eta, betas=betas, eps1=eps1,
+                             eps0=eps0, soft_threshold=soft_threshold,
+                             hard_threshold=hard_threshold, warm_up=warm_up, group=group)
+        hp.pop("cycles")
+        defaults = dict(lr=lr, num_train=num_train, **hp)
+        self._validate(defaults)
+        super().__init__(params, defaults)
+        for g in self.param_groups:
+            self._validate(g)
+        self.seed, self.momentum_init_std = int(seed), float(momentum_init_std)
+        self._gens: dict[str, torch.Generator] = {}
+        self._pending_gen_states: dict[str, Tensor] = {}
+
+    @staticmethod
+    def _validate(g: dict[str, Any]) -> None:
+        b1, b2 = g["betas"]
+        t = g["temperature"]
+        _check(isinstance(g["num_train"], int) and g["num_train"] >= 1,
+               f"num_train must be the training-set size (an int >= 1), got {g['num_train']!r}")
+        _check(g["lr"] >= 0, f"lr (h = C^2) must be >= 0, got {g['lr']}")
+        _check(0 <= b1 < 1 and 0 < b2 <= 1, f"need 0 <= beta1 < 1 and 0 < beta2 <= 1, got "
+               f"betas={g['betas']} (the spec's defaults are (0.1, 1))")
+        for k in ("eta", "eps1", "eps0", "soft_threshold", "hard_threshold"):
+            _check(g[k] >= 0, f"{k} must be >= 0, got {g[k]}")
+        _check(isinstance(g["warm_up"], int) and g["warm_up"] >= 0,
+               f"warm_up is a number of epochs (an int >= 0), got {g['warm_up']!r}")
+        _check(t in TEMPERATURES or (isinstance(t, int | float) and t > 0),
+               f"temperature must be > 0 or one of {TEMPERATURES}, got {t!r}")
+        _check(g["group"] in GROUP_POLICIES,
+               f"unknown group policy {g['group']!r}; choose one of {GROUP_POLICIES}")
+
+    # -- noise generator (identical on every rank, checkpointed) -----------------------------
+    def _gen(self, device: torch.device) -> torch.Generator:
+        key = str(device)
+        if key not in self._gens:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(self.seed)
+            if key in self._pending_gen_states:
+                gen.set_state(self._pending_gen_states.pop(key))
+            self._gens[key] = gen
+        return self._gens[key]
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        states = {k: g.get_state() for k, g in self._gens.items()}
+        sd["generators"] = {**self._pending_gen_states, **states}
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        gens = state_dict.pop("generators", {})
+        super().load_state_dict(state_dict)
+        for st in self.state.values():  # torch casts every state tensor to the param's dtype
+            for k in st:
+                if k == "slab" or k.startswith("keep_"):
+                    st[k] = st[k].bool()
+        self._gens, self._pending_gen_states = {}, {k: v.cpu() for k, v in gens.items()}
+
+    # -- state -------------------------------------------------------------------------------
+    def _init_states(self) -> None:
+        """Create missing state, parameter by parameter in order (the noise stream's order)."""
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p not in self.state or not self.state[p]:
+                    self._new_state(p, g["group"])
+
+    def _new_state(self, p: Tensor, policy: str) -> None:
+        st = self.state[p]
+        if not st:
+            gen = self._gen(p.device)
+            st["step"] = 0
+            st["rho"] = torch.zeros_like(p)
+            st["tau"] = torch.full_like(p, 0.5)
+            st["momentum"] = torch.randn(p.shape, generator=gen, device=p.device,
+                                         dtype=p.dtype).mul_(self.momentum_init_std)
+            st["noise"] = torch.randn(p.shape, generator=gen, device=p.device, dtype=p.dtype)
+            rule = _rule(policy, p)
+            if rule is not None:  # masks per group, True = slab / kept
+                st["any_spike"], st["any_pruned"] = False, False
+                st["slab"] = torch.ones(_num(p, rule.estep), dtype=torch.bool, device=p.device)
+                for grouping, _ in rule.prune:
+                    st[f"keep_{grouping}"] = torch.ones(_num(p, grouping), dtype=torch.bool,
+                                                        device=p.device)
+
+    def hard_mask(self, p: Tensor) -> Tensor | None:
+        """Boolean mask of ``p``'s surviving weights (None: nothing of ``p`` is pruned)."""
+        st = self.state.get(p, {})
+        if not st.get("any_pruned", False):
+            return None
+        masks = [expand_group_mask(st[k], p.shape, k[5:]) for k in st if k.startswith("keep_")]
+        out = masks[0]
+        for m in masks[1:]:
+            out = out & m
+        return out
+
+    def spike_mask(self, p: Tensor) -> Tensor | None:
+        """True where ``p``'s weights are under the spike (None: all under the slab)."""
+        policy = next(g["group"] for g in self.param_groups if any(q is p for q in g["params"]))
+        return self._spike(p, _rule(policy, p))
+
+    def _spike(self, p: Tensor, rule: _Rule | None) -> Tensor | None:
+        st = self.state.get(p, {})
+        if rule is None or not st.get("any_spike", False):
+            return None
+        return expand_group_mask(~st["slab"], p.shape, rule.estep)
+
+    # -- E-step and pruning ------------------------------------------------------------------
+    @torch.no_grad()
+    def em_step(self, groups: list[dict[str, Any]] | None = None) -> None:
+        """Spike-and-slab E-step and permanent group pruning (spec §4.4) of every parameter with
+        a rule, in ``groups`` (default all); the pure functions of :mod:`bayescale.groups`
+        decide, on the current weights. As in the spec, the next update zeroes what was pruned
+        (``w <- (w + tau r) * hard_mask``) and keeps it zero."""
+        self._init_states()
+        for g in self.param_groups if groups is None else groups:
+            for p in g["params"]:
+                rule = _rule(g["group"], p)
+                if rule is None:
+                    continue
+                st = self.state[p]
+                st["slab"] = spike_slab_estep(p, rule.estep, g["soft_threshold"])
+                st["any_spike"] = not bool(st["slab"].all())
+                cuts = [(grouping, hard_prune_groups(p, grouping, g["hard_threshold"], how))
+                        for grouping, how in rule.prune]  # all decided on the same w
+                for grouping, cut in cuts:
+                    st[f"keep_{grouping}"] &= ~cut
+                st["any_pruned"] = not all(bool(st[f"keep_{k}"].all()) for k, _ in rule.prune)
+
+    # -- the update --------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Tensor] | None = None, *, epoch: int | None = None,
+             batch: int | None = None) -> Tensor | None:
+        """One update. With ``epoch``/``batch`` given, the E-step and pruning run first when
+        ``epoch > warm_up and batch == 0`` (the spec's once-per-epoch rule, 0-based epochs)."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._init_states()
+        if epoch is not None and batch == 0:
+            due = [g for g in self.param_groups if epoch > g["warm_up"]]
+            if due:
+                self.em_step(due)
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is None:
+                    continue
+                if p.grad.is_sparse:
+                    raise RuntimeError("SGHMCSpikeSlab does not support sparse gradients")
+                self._update(p, g)
+        return loss
+
+    def _update(self, p: Tensor, g: dict[str, Any]) -> None:
+        st = self.state[p]
+        st["step"] += 1
+        h, n, (b1, b2), eta = g["lr"], g["num_train"], g["betas"], g["eta"]
+        grad, rho, tau, r, xi = p.grad, st["rho"], st["tau"], st["momentum"], st["noise"]
+        spike = self._spike(p, _rule(g["group"], p))
+        extra = None if spike is None else spike.to(p.dtype).mul_(g["eps0"] - g["eps1"])
+        c_prior, c_hess = _rho_coefs(g["temperature"], n, h, (b1, b2), tau)
+        # rho <- rho - eta (T^2 C^3 eps tau + T C^1.5 xi_prev g - 1 / (tau N))
+        d = torch.mul(xi, grad).mul_(c_hess)
+        d.addcmul_(tau, _as_tensor(c_prior, g["eps1"], extra, tau))
+        d.sub_(tau.reciprocal().div_(n))
+        rho.add_(d, alpha=-eta)
+        torch.sigmoid(rho, out=tau)
+        xi.normal_(generator=self._gen(p.device))
+        # r <- beta1 r - C^2 beta2 (g + eps w) + sqrt(2 + 2 beta1^2) C^1.5 T xi
+        r.mul_(b1).add_(grad, alpha=-h * b2).add_(p, alpha=-h * b2 * g["eps1"])
+        if extra is not None:
+            r.addcmul_(extra, p, value=-h * b2)
+        c_noise = _noise_coef(g["temperature"], n, h, (b1, b2), tau)
+        if isinstance(c_noise, Tensor):
+            r.addcmul_(xi, c_noise)
+        else:
+            r.add_(xi, alpha=c_noise)
+        p.addcmul_(tau, r)
+        mask = self.hard_mask(p)
+        if mask is not None:
+            p.mul_(mask)
+
+
+def _as_tensor(c_prior: float | Tensor, eps1: float, extra: Tensor | None,
+               like: Tensor) -> Tensor:
+    """T^2 C^3 eps as a tensor broadcastable to ``like`` (eps = eps1 + extra)."""
+    eps: float | Tensor = eps1 if extra is None else extra + eps1
+    out = c_prior * eps
+    return out if isinstance(out, Tensor) else like.new_tensor(out)
+
+
+def _num(p: Tensor, grouping: str) -> int:
+    return {"out": p.shape[0], "in": p.shape[1], "kernel": p.shape[0] * p.shape[1]}[grouping]
+
+
+def _spec_t(temperature: float | str, n: int) -> float:
+    return {"1/N": 1 / n, "1/sqrt(N)": n**-0.5}.get(temperature, temperature)  # type: ignore
+
+
+def _rho_coefs(temperature: float | str, n: int, h: float, betas: tuple[float, float],
+               tau: Tensor) -> tuple[float | Tensor, float | Tensor]:
+    """(T^2 C^3, T C^1.5) of the rho update; "untempered" puts T = untempered_temperature(tau)
+    (written in closed form, finite at h = 0)."""
+    if temperature == "untempered":
+        b1, b2 = betas
+        k = (1 - b1) * b2 / ((1 + b1**2) * n)
+        return (tau.reciprocal() * (k * h), tau.rsqrt() * math.sqrt(k * h))
+    t = _spec_t(temperature, n)
+    return t * t * h**1.5, t * h**0.75
+
+
+def _noise_coef(temperature: float | str, n: int, h: float, betas: tuple[float, float],
+                tau: Tensor) -> float | Tensor:
+    """sqrt(2 + 2 beta1^2) C^1.5 T; "untempered": sqrt(2 (1 - beta1) beta2 h / (tau N))."""
+    b1, b2 = betas
+    if temperature == "untempered":
+        return tau.rsqrt() * math.sqrt(2 * (1 - b1) * b2 * h / n)
+    return math.sqrt(2 + 2 * b1**2) * h**0.75 * _spec_t(temperature, n)
+
+
+@torch.no_grad()
+def sparsity(model: nn.Module) -> float:
+    """Fraction of exactly-zero entries over all parameters (Ke & Fan's ``count_sparsity``)."""
+    zeros = total = 0
+    for p in model.parameters():
+        zeros += int((p == 0).sum())
+        total += p.numel()
+    return zeros / max(1, total)
+
+
+@torch.no_grad()
+def layer_sparsity(model: nn.Module) -> dict[str, float]:
+    """Zero fraction of each module's own parameters (modules without parameters left out)."""
+    out = {}
+    for name, m in model.named_modules():
+        ps = list(m.parameters(recurse=False))
+        if ps:
+            out[name or "model"] = (sum(int((p == 0).sum()) for p in ps)
+                                    / sum(p.numel() for p in ps))
+    return out
+
+
+class SampleCollector:
+    """Keeps weight samples (CPU state dicts) after given step counts; with ``run_dir``, also
+    writes them to ``run_dir/samples/sample_XX.pt`` (XX = index in ``steps``) and ``index.json``.
+
+    Ke & Fan keep 3 samples at the end of each cycle (epoch ends): :meth:`for_cycles`.
+    """
+
+    def __init__(self, steps: Iterable[int], run_dir: str | Path | None = None,
+                 keep: bool = True) -> None:
+        self.steps = sorted(set(int(s) for s in steps))
+        self.dir = Path(run_dir) / "samples" if run_dir is not None else None
+        self.keep = keep
+        self.samples: list[dict[str, Tensor]] = []
+        self.taken: list[int] = []
+
+    @classmethod
+    def for_cycles(cls, total_steps: int, cycles: int, per_cycle: int, gap: int,
+                   run_dir: str | Path | None = None, keep: bool = True) -> SampleCollector:
+        """``per_cycle`` samples ``gap`` steps apart at the end of each of ``cycles`` cycles."""
+        return cls(cycle_sample_steps(total_steps, cycles, per_cycle, gap), run_dir, keep)
+
+    @torch.no_grad()
+    def __call__(self, step: int, model: nn.Module) -> bool:
+        """Take a sample if ``step`` (updates done) is a sampling step; returns whether it did."""
+        if step not in self.steps:
+            return False
+        state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        if self.dir is not None:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            torch.save(state, self.dir / f"sample_{self.steps.index(step):02d}.pt")
+            index = self.dir / "index.json"
+            done = json.loads(index.read_text()) if index.is_file() else {}
+            done[f"sample_{self.steps.index(step):02d}.pt"] = step
+            index.write_text(json.dumps(dict(sorted(done.items())), indent=1))
+        if self.keep:
+            self.samples.append(state)
+            self.taken.append(step)
+        return True
+
+    def restore(self, up_to_step: int) -> None:
+        """After a resume: reload the samples already written (steps <= ``up_to_step``)."""
+        if self.dir is None or not (self.dir / "index.json").is_file():
+            return
+        done = json.loads((self.dir / "index.json").read_text())
+        for name, step in sorted(done.items(), key=lambda kv: kv[1]):
+            if step <= up_to_step and step not in self.taken and self.keep:
+                self.samples.append(torch.load(self.dir / name, weights_only=True))
+                self.taken.append(step)
+
+    def modules(self, template: nn.Module) -> list[nn.Module]:
+        """The kept samples as modules (copies of ``template`` in eval mode)."""
+        out = []
+        for state in self.samples:
+            m = copy.deepcopy(template)
+            m.load_state_dict(state)
+            out.append(m.eval())
+        return out
+
+
+def load_samples(run_dir: str | Path, map_location: str | torch.device = "cpu"
+                 ) -> list[nn.Module]:
+    """The weight samples a run collected (``RUN/samples/sample_XX.pt``) as modules, in order,
+    ready for Bayesian model averaging: ``bayescale.mc_predict(load_samples(run), x)``."""
+    from .checkpoint import CheckpointError
+    from .runs import load_run
+
+    files = sorted((Path(run_dir) / "samples").glob("sample_*.pt"))
+    if not files:
+        raise CheckpointError(f"{str(run_dir)!r} has no samples/sample_XX.pt; train with "
+                              "optim.name=sghmc and sghmc.samples_per_cycle >= 1")
+    template = load_run(run_dir, map_location).model
+    out = []
+    for f in files:
+        m = copy.deepcopy(template)
+        m.load_state_dict(torch.load(f, map_location=map_location, weights_only=True))
+        out.append(m.eval())
+    return out
+
+
+def check_model(model: nn.Module) -> None:
+    """SGHMC samples the weights themselves: the network must be deterministic."""
+    from .sampling import bayesian_layers
+
+    if bayesian_layers(model):
+        raise ValueError("optim.name=sghmc samples the weights of a deterministic network (its "
+                         "iterates are the posterior samples); this model has Bayesian layers: "
+                         "set model.bayesian=false")
+
+
+class KeFanTraining:
+    """What ``bayescale train`` adds for ``optim.name=sghmc``: the cyclical step size, the E-step
+    and pruning at the first batch of each epoch after warm-up, sample collection, the sparsity
+    log (``RUN/sparsity.csv``) and Bayesian model averaging over the samples at the end.
+    """
+
+    def __init__(self, opt: SGHMCSpikeSlab, model: nn.Module, h0: float, cycles: int,
+                 samples_per_cycle: int, per_epoch: int, total: int, run_dir: Path,
+                 resume_step: int | None = None) -> None:
+        from .kefan_plots import SparsityLog
+
+        self.opt, self.model, self.h0, self.cycles = opt, model, h0, cycles
+        self.per_epoch, self.total = per_epoch, total
+        self.collector = SampleCollector.for_cycles(
+            total, cycles, samples_per_cycle, per_epoch, run_dir if D.is_main() else None)
+        self.log = SparsityLog(run_dir / "sparsity.csv", D.is_main(), resume_step)
+        if resume_step is None:
+            self.log.write(0, 0, model, opt)
+        else:
+            self._restore(resume_step)
+
+    def _restore(self, step: int) -> None:
+        if D.is_main():
+            self.collector.restore(step)
+        box = D.broadcast_object((self.collector.samples, self.collector.taken))
+        self.collector.samples, self.collector.taken = box  # type: ignore[misc]
+
+    def lr(self, step: int) -> float:
+        """h at 0-based ``step`` (spec §4.6, :func:`bayescale.schedules.cyclical_cosine`)."""
+        return cyclical_cosine(step, self.total, self.cycles, self.h0)
+
+    def before_step(self, epoch: int, batch: int) -> None:
+        """E-step and pruning at the first batch of every epoch past the warm-up (spec §4.3)."""
+        if batch == 0:
+            due = [g for g in self.opt.param_groups if epoch > g["warm_up"]]
+            if due:
+                self.opt.em_step(due)
+
+    def after_step(self, step: int) -> None:
+        """Samples at the cycle ends; a sparsity row at every epoch end."""
+        self.collector(step, self.model)
+        if step % self.per_epoch == 0 or step == self.total:
+            self.log.write(step / self.per_epoch, step, self.model, self.opt)
+
+    def finish(self, evaluate: Callable[[list[nn.Module]], dict[str, Any]]) -> dict[str, Any]:
+        """BMA metrics over the kept samples (``evaluate(modules)``), saved to ``RUN/bma.json``."""
+        self.log.close()
+        if not self.collector.samples:
+            return {}
+        res = {"bma_samples": len(self.collector.samples), "sample_steps": self.collector.taken,
+               **evaluate(self.collector.modules(self.model))}
+        if D.is_main():
+            (self.log.path.parent / "bma.json").write_text(json.dumps(res, indent=2))
+        return res
