@@ -106,6 +106,41 @@ def _scale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _floats(text: str | None, flag: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()] if text else []
+    except ValueError:
+        raise ValueError(f"{flag} takes numbers separated by commas, got {text!r}") from None
+
+
+def _prune(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError
+    from .pruning import prune_run
+
+    try:
+        thresholds = _floats(args.threshold, "--threshold")
+        sparsities = _floats(args.sparsity, "--sparsity") + _floats(args.sweep, "--sweep")
+        if not thresholds and not sparsities:
+            raise ValueError("give --threshold T, --sparsity S or --sweep S1,S2,...")
+        modes = ("clean", "bprune") if args.mode == "both" else (args.mode,)
+        result = prune_run(args.run, thresholds=thresholds, sparsities=sparsities,
+                           scope=args.scope, modes=modes, criterion=args.criterion,
+                           num_samples=args.samples, num_passes=args.passes,
+                           num_test=args.num_test, save=args.save, plots=not args.no_plots)
+    except (CheckpointError, ValueError, FileNotFoundError, ImportError) as err:
+        print(f"bayescale prune: {err}", file=sys.stderr)
+        return 1
+    print(f"{'mode':7} {'threshold':>10} {'% pruned':>9} {'acc 1-sample':>12} {'acc MC':>7} "
+          f"{'nats':>8} {'MC time s':>9}")
+    for r in result["rows"]:
+        print(f"{r['mode']:7} {r['threshold']:10.4g} {r['percent_pruned']:9.2f} "
+              f"{r['acc_single']:12.4f} {r['acc_mc']:7.4f} {r['heldout_nats']:8.4f} "
+              f"{r['infer_time_s']:9.3f}")
+    print(f"table {result['csv']}" + (f"; pruned model {result['saved']}" if "saved" in result
+                                      else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bayescale", description="Bayesian neural networks at "
                                      "scale: mean-field VI layers, training, uncertainty, pruning.")
@@ -156,6 +191,30 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--cores-per-node", type=int, default=64, help="threads per node (scripts)")
     sc.add_argument("--time", default="01:00:00", help="wall time per job (scripts)")
     sc.set_defaults(func=_scale)
+    pp = sub.add_parser("prune", help="BPrune: SNR pruning of a trained run; table of "
+                        "threshold, % pruned, accuracy, held-out nats, MC inference time")
+    pp.add_argument("run", help="run directory (or a .pt file in one)")
+    pp.add_argument("--threshold", metavar="T[,T...]", help="absolute SNR thresholds |mu|/sigma "
+                    "(one for every layer, as BPrune)")
+    pp.add_argument("--sparsity", metavar="S[,S...]", help="target fractions of weights to prune")
+    pp.add_argument("--sweep", nargs="?", const="0.5,0.7,0.8,0.9,0.95", metavar="S1,S2,...",
+                    help="a sparsity sweep (default 0.5,0.7,0.8,0.9,0.95)")
+    pp.add_argument("--scope", choices=("global", "layer"), default="global",
+                    help="sparsity over all layers (one SNR ranking) or each layer alike")
+    pp.add_argument("--mode", choices=("clean", "bprune", "both"), default="both",
+                    help="clean: weights removed (exact 0); bprune: mu = rho = 0 (sigma = ln 2, "
+                    "BPrune's); both (default)")
+    pp.add_argument("--criterion", choices=("snr", "magnitude"), default="snr",
+                    help="score: SNR |mu|/sigma (default) or |mu| (baseline)")
+    pp.add_argument("--samples", type=int, default=100, help="MC samples for the averaged "
+                    "accuracy, nats and timing (100)")
+    pp.add_argument("--passes", type=int, default=50, help="passes for the single-sample "
+                    "accuracy (BPrune: 50)")
+    pp.add_argument("--num-test", type=int, default=None, help="first N test examples (all)")
+    pp.add_argument("--save", action="store_true", help="also save RUN/prune/model_pruned.pt "
+                    "(one threshold or sparsity, one mode)")
+    pp.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    pp.set_defaults(func=_prune)
     return parser
 
 

@@ -46,7 +46,7 @@ from .layers import BayesianLayer
 __all__ = ["MODES", "SCOPES", "CRITERIA", "prunable_layers", "snr_scores", "magnitude_scores",
            "threshold_masks", "sparsity_masks", "masks_from_scores", "apply_masks",
            "remove_masks", "get_masks", "pruned_fraction", "bprune_nonzeros", "percent_pruned",
-           "prune", "bprune_table", "write_table_csv"]
+           "prune", "bprune_table", "write_table_csv", "prune_run"]
 
 MODES = ("clean", "bprune")
 SCOPES = ("global", "layer")
@@ -343,3 +343,46 @@ def write_table_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path
         writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def prune_run(path: str | Path, *, thresholds: Sequence[float] = (),
+              sparsities: Sequence[float] = (), scope: str = "global",
+              modes: Sequence[str] = ("clean",), criterion: str = "snr", num_samples: int = 100,
+              num_passes: int = 50, num_test: int | None = None, save: bool = False,
+              plots: bool = True, baseline: bool = True) -> dict[str, Any]:
+    """``bayescale prune RUN``: the BPrune table of a trained run, written to ``RUN/prune/``.
+
+    The table starts with the unpruned model (threshold 0, BPrune's inference mode) when
+    ``baseline``. Writes ``bprune.csv``, ``snr.png`` and ``accuracy_vs_pruned.png``; with
+    ``save`` (one threshold or sparsity, one mode) also ``model_pruned.pt``, a checkpoint that
+    :func:`bayescale.runs.load_run` opens (``model.pt`` is never touched).
+    """
+    from .checkpoint import save_checkpoint
+    from .config import config_to_dict
+    from .runs import load_run
+
+    run = load_run(path)
+    test = run.data().test
+    x, y = test.x[:num_test], test.y[:num_test]
+    table = ([0.0] if baseline and 0.0 not in thresholds else []) + list(thresholds)
+    rows = bprune_table(run.model, (x, y), table, sparsities=sparsities, scope=scope,
+                        modes=modes, criterion=criterion, num_samples=num_samples,
+                        num_passes=num_passes)
+    out = run.run_dir / "prune"
+    result: dict[str, Any] = {"rows": rows, "csv": write_table_csv(rows, out / "bprune.csv")}
+    if plots:
+        from .prune_plots import plot_accuracy_vs_sparsity, plot_snr_distribution
+
+        result["plots"] = [plot_snr_distribution(snr_scores(run.model), out / "snr.png",
+                                                 thresholds),
+                           plot_accuracy_vs_sparsity(rows, out / "accuracy_vs_pruned.png")]
+    if save:
+        if len(thresholds) + len(sparsities) != 1 or len(modes) != 1:
+            raise ValueError("--save needs exactly one threshold or sparsity and one mode")
+        kw = {"threshold": thresholds[0]} if thresholds else {"sparsity": sparsities[0]}
+        model, info = prune(run.model, scope=scope, criterion=criterion, mode=modes[0], **kw)
+        info = {k: v for k, v in info.items() if not k.startswith("nonzeros")}
+        result["saved"] = save_checkpoint(out / "model_pruned.pt", {
+            "model": model.state_dict(), "config": config_to_dict(run.config),
+            "step": run.step, "prune": info})
+    return result

@@ -249,3 +249,32 @@ def test_unmasked_layers_have_no_mask_state():
     model = _mlp()
     assert all(not l._masked for l in model.modules() if isinstance(l, BayesianLayer))
     assert not any(k.endswith("weight_mask") for k in model.state_dict())
+
+
+def test_cli_prune_writes_table_plots_and_loadable_pruned_model(tmp_path, capsys):
+    import yaml
+
+    from bayescale.cli import main
+    from bayescale.config import config_to_dict, load_config
+    from bayescale.runs import build_model, load_run
+
+    cfg = load_config(None, ["model.name=BNN_FC_flip", "data.name=synthetic", "data.size=64"])
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg)))
+    torch.save(build_model(cfg).state_dict(), tmp_path / "model.pt")
+    before = (tmp_path / "model.pt").read_bytes()
+    args = ["prune", str(tmp_path), "--sparsity", "0.5", "--mode", "clean", "--samples", "3",
+            "--passes", "2", "--num-test", "20", "--save"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "50.00" in out and "model_pruned.pt" in out
+    rows = (tmp_path / "prune" / "bprune.csv").read_text().splitlines()
+    assert len(rows) == 3 and rows[1].startswith("clean,snr,global,0.0,")  # baseline first
+    assert (tmp_path / "prune" / "snr.png").is_file()
+    assert (tmp_path / "prune" / "accuracy_vs_pruned.png").is_file()
+    assert (tmp_path / "model.pt").read_bytes() == before  # never overwritten
+    run = load_run(tmp_path / "prune" / "model_pruned.pt")
+    assert P.pruned_fraction(run.model) == pytest.approx(0.5, abs=1e-4)
+    assert main(["prune", str(tmp_path)]) == 1  # nothing asked
+    assert "--threshold" in capsys.readouterr().err
+    assert main(["prune", str(tmp_path), "--threshold", "-1", "--no-plots"]) == 1
+    assert "threshold must be" in capsys.readouterr().err
