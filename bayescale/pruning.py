@@ -46,7 +46,7 @@ from .layers import BayesianLayer
 __all__ = ["MODES", "SCOPES", "CRITERIA", "prunable_layers", "snr_scores", "magnitude_scores",
            "threshold_masks", "sparsity_masks", "masks_from_scores", "apply_masks",
            "remove_masks", "get_masks", "pruned_fraction", "bprune_nonzeros", "percent_pruned",
-           "prune", "bprune_table", "write_table_csv", "prune_run"]
+           "prune", "bprune_table", "write_table_csv", "prune_run", "finetune"]
 
 MODES = ("clean", "bprune")
 SCOPES = ("global", "layer")
@@ -270,6 +270,33 @@ def prune(model: nn.Module, *, threshold: float | None = None, sparsity: float |
             "target_sparsity": sparsity, "percent_pruned": percent_pruned(before, after),
             "nonzeros_before": before, "nonzeros_after": after}
     return out, info
+
+
+def finetune(model: nn.Module, x: Tensor, y: Tensor, *, epochs: int = 1,
+             batch_size: int = 128, lr: float = 1e-3, num_train: int | None = None,
+             seed: int = 0) -> nn.Module:
+    """A few epochs of ELBO training (Adam, mean NLL + KL / N) of a pruned model, in place.
+
+    Pruned weights stay removed: the mask zeroes their gradients, and compacted layers no
+    longer have them. Returns the model in eval mode.
+    """
+    from .elbo import elbo_loss
+
+    if epochs < 0 or batch_size < 1 or not lr > 0:
+        raise ValueError(f"need epochs >= 0, batch_size >= 1 and lr > 0; got {epochs}, "
+                         f"{batch_size}, {lr}")
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(epochs):
+        order = torch.randperm(x.shape[0], generator=gen)
+        for i in range(0, x.shape[0], batch_size):
+            idx = order[i:i + batch_size]
+            loss = elbo_loss(model(x[idx]), y[idx], model, num_train or x.shape[0])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return model.eval()
 
 
 # ------------------------------------------------------------------ the BPrune table

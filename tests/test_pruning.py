@@ -278,3 +278,23 @@ def test_cli_prune_writes_table_plots_and_loadable_pruned_model(tmp_path, capsys
     assert "--threshold" in capsys.readouterr().err
     assert main(["prune", str(tmp_path), "--threshold", "-1", "--no-plots"]) == 1
     assert "threshold must be" in capsys.readouterr().err
+
+
+def test_finetune_keeps_pruned_weights_removed_and_lowers_the_loss():
+    from bayescale.elbo import elbo_loss
+
+    model = _mlp()
+    pruned, _ = P.prune(model, sparsity=0.6)
+    masks = P.get_masks(pruned)
+    mu_before = {n: l.weight_mu.detach().clone() for n, l in P.prunable_layers(pruned).items()}
+    x = torch.randn(256, 6)
+    y = (x[:, 0] > 0).long() + (x[:, 1] > 0).long()
+    with bayescale.mean_weights(pruned):
+        before = float(elbo_loss(pruned(x), y, pruned, 256))
+    P.finetune(pruned, x, y, epochs=5, batch_size=32, lr=1e-2)
+    with bayescale.mean_weights(pruned):
+        assert float(elbo_loss(pruned(x), y, pruned, 256)) < before
+    for name, layer in P.prunable_layers(pruned).items():
+        assert torch.equal(layer.weight_mask, masks[name])
+        assert torch.equal(layer.weight_mu[~masks[name]], mu_before[name][~masks[name]])
+    assert not pruned.training
