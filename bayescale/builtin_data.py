@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from bayescale.datasets import (
+    FASHION_MNIST_CLASSES,
     IDX_IMAGES_MAGIC,
     IDX_LABELS_MAGIC,
     MNIST_CLASSES,
@@ -27,7 +28,8 @@ from bayescale.datasets import (
 )
 
 __all__ = [
-    "MNIST_SMALL_MD5", "load_mnist_small", "load_digits_dataset", "load_diabetes_dataset",
+    "MNIST_SMALL_MD5", "load_mnist_small", "FASHION_MNIST_SMALL_MD5", "load_fashion_mnist_small",
+    "load_digits_dataset", "load_diabetes_dataset",
     "make_synthetic_classification", "make_heteroscedastic_1d",
 ]
 
@@ -38,6 +40,11 @@ MNIST_SMALL_MD5 = {
     "t10k-images-idx3-ubyte.gz": "e65562570d98a26914850f52f900e431",
     "t10k-labels-idx1-ubyte.gz": "c22811ab5845e193a5d25a4f9b6d5de0",
 }
+# The first 2000 Fashion-MNIST test images; written by scripts/make_fashion_mnist_small.py.
+FASHION_MNIST_SMALL_MD5 = {
+    "t10k-images-idx3-ubyte.gz": "60446bba50d300cf329f13c228582885",
+    "t10k-labels-idx1-ubyte.gz": "3a5ecd4e1a5ee7a9568063426d752435",
+}
 _REINSTALL = ("reinstall bayescale (pip install --force-reinstall --no-deps bayescale; in a "
               "source checkout: git checkout -- bayescale/data_files/mnist-small)")
 
@@ -47,17 +54,24 @@ def _mnist_small_files() -> Traversable:
     return resources.files("bayescale").joinpath("data_files", "mnist-small")
 
 
-def _read_verified(folder: Traversable, name: str) -> bytes:
+def _fashion_mnist_small_files() -> Traversable:
+    """The folder of the shipped Fashion-MNIST test subset (a hook for the tests)."""
+    return resources.files("bayescale").joinpath("data_files", "fashion-mnist-small")
+
+
+def _read_verified(folder: Traversable, name: str, md5s: dict[str, str] = MNIST_SMALL_MD5,
+                   label: str = "mnist-small") -> bytes:
     entry = folder.joinpath(name)
+    reinstall = _REINSTALL.replace("mnist-small", label)
     try:
         data = entry.read_bytes()
     except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as err:
-        raise FileNotFoundError(f"mnist-small: bundled file {entry} is missing; the "
-                                f"installation is incomplete: {_REINSTALL}") from err
+        raise FileNotFoundError(f"{label}: bundled file {entry} is missing; the "
+                                f"installation is incomplete: {reinstall}") from err
     got = hashlib.md5(data, usedforsecurity=False).hexdigest()
-    if got != MNIST_SMALL_MD5[name]:
-        raise ValueError(f"mnist-small: bundled file {entry} is corrupt (md5 {got}, expected "
-                         f"{MNIST_SMALL_MD5[name]}); {_REINSTALL}")
+    if got != md5s[name]:
+        raise ValueError(f"{label}: bundled file {entry} is corrupt (md5 {got}, expected "
+                         f"{md5s[name]}); {reinstall}")
     return data
 
 
@@ -79,6 +93,28 @@ def load_mnist_small() -> TensorSplit:
         y = parse_idx(_read_verified(folder, labels), folder.joinpath(labels), IDX_LABELS_MAGIC)
         splits.append(mnist_arrays_to_dataset(x, y, f"mnist-small/{split}", images, labels))
     return TensorSplit(*splits, "mnist-small", num_classes=10, classes=MNIST_CLASSES)
+
+
+def load_fashion_mnist_small() -> TensorSplit:
+    """A real Fashion-MNIST test subset shipped with the package: the first 2000 test images.
+
+    The out-of-distribution set for MNIST models (``bayescale evaluate --ood``, the quickstart).
+    The test split is ``[2000, 1, 28, 28]`` float32 in [0, 1] with int64 labels (10 clothing
+    classes); the training split is empty (only test images are shipped). MD5-checked.
+
+    Raises:
+        FileNotFoundError: A shipped file is missing (the message says to reinstall).
+        ValueError: A shipped file fails its MD5 check (likewise).
+    """
+    folder, name = _fashion_mnist_small_files(), "fashion-mnist-small"
+    images, labels = "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"
+    x = parse_idx(_read_verified(folder, images, FASHION_MNIST_SMALL_MD5, name),
+                  folder.joinpath(images), IDX_IMAGES_MAGIC)
+    y = parse_idx(_read_verified(folder, labels, FASHION_MNIST_SMALL_MD5, name),
+                  folder.joinpath(labels), IDX_LABELS_MAGIC)
+    test = mnist_arrays_to_dataset(x, y, f"{name}/test", images, labels)
+    train = Dataset(test.x[:0], test.y[:0], f"{name}/train (empty: only test images ship)", 10)
+    return TensorSplit(train, test, name, num_classes=10, classes=FASHION_MNIST_CLASSES)
 
 
 def _split(n: int, test_fraction: float, gen: torch.Generator) -> tuple[torch.Tensor, ...]:

@@ -13,15 +13,87 @@ __all__ = ["main"]
 
 
 def _quickstart(args: argparse.Namespace) -> int:
+    if not args.digits:
+        return _pipeline(args)
     from .quickstart import run_digits
 
-    result = run_digits(epochs=args.epochs, estimator=args.estimator, num_samples=args.samples,
-                        seed=args.seed)
+    result = run_digits(epochs=int(args.epochs or 40), estimator=args.estimator,
+                        num_samples=args.samples, seed=args.seed)
     print(f"test accuracy {result['test_accuracy']:.4f}  test NLL {result['test_nll']:.4f} nats  "
           f"KL {result['kl']:.1f} nats  ({result['mc_samples']} MC samples, "
           f"{result['train_seconds']:.1f} s training)")
     if args.json:
         print(json.dumps(result, indent=2))
+    return 0
+
+
+def _pipeline(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError
+    from .config import ConfigError
+    from .evaluate import EvaluationError
+    from .quickstart import run_pipeline
+
+    try:
+        res = run_pipeline(epochs=args.epochs, num_samples=args.samples, ood=args.ood or None,
+                           out_dir=args.out_dir, seed=args.seed)
+    except (ConfigError, CheckpointError, EvaluationError, FileNotFoundError, ValueError) as err:
+        print(f"bayescale quickstart: {err}", file=sys.stderr)
+        return 1
+    if "report" not in res:
+        return 0  # not rank 0
+    m, ood = res["metrics"], res["metrics"].get("ood")
+    print(f"test accuracy {m['accuracy']:.4f}  NLL {m['nll']:.4f} nats  ECE {m['ece']:.4f}  "
+          f"({m['num_samples']} MC draws, {m['num_test']} test images)")
+    if ood:
+        print(f"out-of-distribution ({ood['dataset']}): AUROC {ood['entropy']['auroc']:.3f} "
+              f"by entropy, {ood['mutual_information']['auroc']:.3f} by mutual information")
+    print(f"done in {res['seconds']['total']:.0f} s; report: {res['report']}")
+    if args.json:
+        print(json.dumps(res["metrics"], indent=2))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError
+    from .evaluate import EvaluationError, evaluate_run
+
+    try:
+        m = evaluate_run(args.run, args.samples, ood=args.ood, num_bins=args.bins,
+                         out_file=args.out, batch_size=args.batch_size, seed=args.seed,
+                         data_root=args.data_root)
+    except (CheckpointError, EvaluationError, FileNotFoundError) as err:
+        print(f"bayescale evaluate: {err}", file=sys.stderr)
+        return 2
+    print(json.dumps({k: v for k, v in m.items() if k != "files"}, indent=2))
+    print(f"wrote {m['files']['metrics']} and {m['files']['predictions']}"
+          + (f" and {args.out}" if args.out else ""))
+    return 0
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError
+    from .evaluate import EvaluationError, predict_run
+
+    try:
+        out = predict_run(args.run, args.out, inputs=args.input, data=args.data,
+                          split=args.split, num_samples=args.samples,
+                          batch_size=args.batch_size, seed=args.seed, data_root=args.data_root)
+    except (CheckpointError, EvaluationError, FileNotFoundError) as err:
+        print(f"bayescale predict: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import write_report
+
+    try:
+        out = write_report(args.run, args.out)
+    except (FileNotFoundError, FileExistsError) as err:
+        print(f"bayescale report: {err}", file=sys.stderr)
+        return 2
+    print(f"report: {out}")
     return 0
 
 
@@ -145,15 +217,56 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bayescale", description="Bayesian neural networks at "
                                      "scale: mean-field VI layers, training, uncertainty, pruning.")
     sub = parser.add_subparsers(dest="command", required=True)
-    q = sub.add_parser("quickstart", help="train a Bayesian CNN on scikit-learn's digits and "
-                       "print test accuracy, NLL and KL")
-    q.add_argument("--epochs", type=int, default=40, help="training epochs (default 40)")
-    q.add_argument("--estimator", choices=ESTIMATORS, default="flipout",
-                   help="gradient estimator of the Bayesian layers (default flipout)")
+    q = sub.add_parser("quickstart", help="the whole pipeline on shipped real data: train "
+                       "BNN_conv_flip on mnist-small, evaluate uncertainty with "
+                       "fashion-mnist-small as OOD set, write the HTML report")
+    q.add_argument("--epochs", type=float, default=None, help="training epochs (default: the "
+                   "quickstart config's 3; --digits: 40)")
     q.add_argument("--samples", type=int, default=100, help="MC weight samples at test time")
+    q.add_argument("--ood", default="fashion-mnist-small", help="out-of-distribution data set "
+                   "('' to skip)")
+    q.add_argument("--out-dir", default="runs", help="parent of the new run directory (runs)")
     q.add_argument("--seed", type=int, default=0, help="random seed")
     q.add_argument("--json", action="store_true", help="also print all results as JSON")
+    q.add_argument("--digits", action="store_true", help="instead: the small example on "
+                   "scikit-learn's 8x8 digits (prints test accuracy, NLL and KL)")
+    q.add_argument("--estimator", choices=ESTIMATORS, default="flipout",
+                   help="--digits: gradient estimator of the Bayesian layers (default flipout)")
     q.set_defaults(func=_quickstart)
+
+    e = sub.add_parser("evaluate", help="MC evaluation of a trained run: accuracy, NLL, Brier, "
+                       "ECE, uncertainty, OOD detection; writes RUN/eval/")
+    e.add_argument("run", metavar="RUN_OR_CHECKPOINT", help="run directory or a .pt file in one")
+    e.add_argument("--samples", type=int, default=100, help="MC weight draws T (100)")
+    e.add_argument("--ood", metavar="DATASET", help="out-of-distribution data set (e.g. "
+                   "fashion-mnist-small) or a .npy/.npz/.pt file of inputs")
+    e.add_argument("--bins", type=int, default=15, help="ECE / reliability bins (15)")
+    e.add_argument("--out", metavar="FILE", help="also write the metrics JSON here (new file)")
+    e.add_argument("--batch-size", type=int, default=1000, help="inputs per forward")
+    e.add_argument("--seed", type=int, default=0, help="seed of the weight draws")
+    e.add_argument("--data-root", help="root of file-based data sets (default: the run's)")
+    e.set_defaults(func=_evaluate)
+
+    pr = sub.add_parser("predict", help="per-input predictions with total / aleatoric / "
+                        "epistemic uncertainty as CSV")
+    pr.add_argument("run", metavar="RUN", help="run directory or a .pt file in one")
+    src = pr.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", metavar="FILE", help=".npy/.npz/.pt array of inputs")
+    src.add_argument("--data", metavar="NAME", help="a data set (bayescale.data.list_datasets())")
+    pr.add_argument("--split", default="test", choices=("test", "train"), help="with --data")
+    pr.add_argument("--out", metavar="FILE.csv", required=True, help="the CSV to create")
+    pr.add_argument("--samples", type=int, default=100, help="MC weight draws T (100)")
+    pr.add_argument("--batch-size", type=int, default=1000, help="inputs per forward")
+    pr.add_argument("--seed", type=int, default=0, help="seed of the weight draws")
+    pr.add_argument("--data-root", help="root of file-based data sets (default: the run's)")
+    pr.set_defaults(func=_predict)
+
+    r = sub.add_parser("report", help="one self-contained HTML report of a run (figures "
+                       "embedded), from its saved files")
+    r.add_argument("run", metavar="RUN", help="run directory")
+    r.add_argument("--out", metavar="FILE.html", help="the file to create (default "
+                   "RUN/report.html, or report-2.html, ... if taken)")
+    r.set_defaults(func=_report)
 
     from .config import describe_options, shipped_configs
 

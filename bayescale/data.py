@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath
 from bayescale.builtin_data import (
     load_diabetes_dataset,
     load_digits_dataset,
+    load_fashion_mnist_small,
     load_mnist_small,
     make_heteroscedastic_1d,
     make_synthetic_classification,
@@ -40,6 +41,7 @@ from bayescale.datasets import (
 __all__ = [
     "DATASETS", "default_root", "download", "list_datasets", "load_dataset",
     "load_mnist", "load_fashion_mnist", "load_cifar10", "load_cifar100", "load_mnist_small",
+    "load_fashion_mnist_small",
     "read_mnist_npz", "load_digits_dataset", "load_diabetes_dataset",
     "make_synthetic_classification", "make_heteroscedastic_1d",
 ]
@@ -96,7 +98,9 @@ _SOURCES: dict[str, dict[str, _Source]] = {
 
 _ALIASES = {"fashion": "fashion-mnist", "fmnist": "fashion-mnist", "cifar-10": "cifar10",
             "cifar-100": "cifar100", "heteroscedastic": "heteroscedastic-1d",
-            "small-mnist": "mnist-small", "mnistsmall": "mnist-small"}
+            "small-mnist": "mnist-small", "mnistsmall": "mnist-small",
+            "fashion-small": "fashion-mnist-small", "fmnist-small": "fashion-mnist-small",
+            "small-fashion-mnist": "fashion-mnist-small"}
 
 
 def default_root() -> Path:
@@ -334,6 +338,7 @@ DATASETS: dict[str, Callable[..., TensorSplit]] = {
     "cifar10": load_cifar10,
     "cifar100": load_cifar100,
     "mnist-small": load_mnist_small,
+    "fashion-mnist-small": load_fashion_mnist_small,
     "digits": load_digits_dataset,
     "diabetes": load_diabetes_dataset,
     "synthetic": make_synthetic_classification,

@@ -9,7 +9,7 @@ from bayescale.cli import main
 
 def test_quickstart_trains_a_bnn_that_beats_chance(capsys):
     pytest.importorskip("sklearn")
-    assert main(["quickstart", "--epochs", "3", "--samples", "10", "--json"]) == 0
+    assert main(["quickstart", "--digits", "--epochs", "3", "--samples", "10", "--json"]) == 0
     out = capsys.readouterr().out
     assert "test accuracy" in out
     import json

@@ -392,7 +392,7 @@ def test_unsafe_archive_member_refused(tmp_path, monkeypatch, member):
 def test_registry_and_unknown_name():
     names = list_datasets()
     assert {"mnist", "fashion-mnist", "cifar10", "cifar100", "mnist-small", "digits", "diabetes",
-            "synthetic", "heteroscedastic-1d"} == set(names)
+            "synthetic", "heteroscedastic-1d", "fashion-mnist-small"} == set(names)
     with pytest.raises(ValueError, match="Did you mean 'cifar10'.*Valid names: mnist"):
         load_dataset("cifar1O")
     with pytest.raises(ValueError, match="unknown data set 'imagenet'"):

@@ -1,0 +1,392 @@
+"""Evaluate and use a trained run: MC predictive metrics, uncertainty, OOD detection, predictions.
+
+``evaluate_run`` (``bayescale evaluate``) draws T weight samples once for the test set (and an
+out-of-distribution set), then computes everything from those samples with the pure functions of
+:mod:`bayescale.metrics` and :mod:`bayescale.uncertainty`:
+
+* accuracy, NLL, Brier, ECE of the MC-averaged probabilities; the mean single-sample accuracy and
+  held-out log-likelihood ("held-out nats") of BPrune (spec 3.3); MC inference time;
+* per input: predictive entropy (total) = expected entropy (aleatoric) + mutual information
+  (epistemic), Depeweg et al. 2018 (arXiv:1710.07283);
+* with an OOD set: AUROC / AUPR / FPR95 with OOD as positive, scored by entropy and by mutual
+  information (Hendrycks & Gimpel 2017, arXiv:1610.02136). A deterministic network has MI = 0 for
+  every input, so its MI scores carry no information (AUROC 0.5).
+
+It writes ``RUN/eval/metrics.json`` and ``RUN/eval/predictions.npz`` (the arrays every plot
+needs; see :data:`PREDICTION_KEYS`), replacing only its own earlier outputs. ``predict_run``
+(``bayescale predict``) writes one CSV row per input to a NEW file. Only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from .datasets import Dataset
+from .distributed import detect_env
+from .metrics import aurc, classification_metrics, heldout_log_likelihood, ood_metrics
+from .models import model_spec
+from .runs import Run, load_run
+from .sampling import bayesian_layers
+from .uncertainty import decompose, timed_mc_predict
+
+__all__ = ["EvaluationError", "EVAL_DIR", "PREDICTION_KEYS", "evaluate_run", "predict_run",
+           "load_inputs", "load_predictions", "mc_sample_probs", "summarize", "ood_summary",
+           "decompose_draws", "first_index_per_class"]
+
+EVAL_DIR = "eval"  # evaluate's own folder inside the run directory
+PREDICTION_KEYS = {  # what predictions.npz holds (N test inputs, M OOD inputs, T draws, K classes)
+    "probs": "(N, C) MC-averaged probabilities of the test set",
+    "labels": "(N,) test labels",
+    "total": "(N,) predictive entropy, nats", "aleatoric": "(N,) expected entropy, nats",
+    "epistemic": "(N,) mutual information, nats",
+    "sample_accuracy": "(T,) accuracy of each single weight draw",
+    "class_index": "(K,) test index of the first example of each class",
+    "class_true_probs": "(T, K) p(y_true | x, w_t) of those examples over the T draws",
+    "class_images": "(K, ...) those inputs (for the image insets)",
+    "ood_probs": "(M, C)", "ood_total": "(M,)", "ood_aleatoric": "(M,)", "ood_epistemic": "(M,)",
+    "num_samples": "T", "num_bins": "ECE bins",
+}
+
+
+class EvaluationError(ValueError):
+    """Bad input to evaluate/predict (the message names the problem and the fix)."""
+
+
+# ------------------------------------------------------------------------------ inputs
+def _fit_shape(x: Tensor, input_shape: tuple[int, ...], where: str) -> Tensor:
+    """``x`` as (N, *input_shape); also accepts (N, H, W) for one channel and flat (N, D)."""
+    shape = tuple(input_shape)
+    if tuple(x.shape[1:]) == shape:
+        return x
+    if tuple(x.shape) == shape:  # one example
+        return x.unsqueeze(0)
+    if shape[0] == 1 and tuple(x.shape[1:]) == shape[1:]:
+        return x.unsqueeze(1)
+    if x.dim() == 2 and x.shape[1] == math.prod(shape):
+        return x.reshape(-1, *shape)
+    flat = f", (N, {math.prod(shape)})" + (f", (N, {', '.join(map(str, shape[1:]))})"
+                                           if shape[0] == 1 else "")
+    raise EvaluationError(f"{where} has shape {tuple(x.shape)}, but the model takes "
+                          f"(N, {', '.join(map(str, shape))}){flat}; reshape the inputs to match")
+
+
+def load_inputs(path: str | Path, input_shape: tuple[int, ...]) -> Tensor:
+    """Inputs from a ``.npy``, ``.npz`` (array ``x``, or its only array) or ``.pt`` file.
+
+    uint8 arrays are scaled to [0, 1]; other numbers become float32. ``.pt`` files are read with
+    ``weights_only=True`` (a tensor, or a dict holding ``"x"``); ``.np*`` without pickles.
+
+    Raises:
+        EvaluationError: missing file, unknown format, no usable array, wrong shape, NaN/Inf.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise EvaluationError(f"input file {str(path)!r} does not exist; check the path")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            arr: Any = np.load(path, allow_pickle=False)
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                keys = list(z.keys())
+                if "x" not in keys and len(keys) != 1:
+                    raise EvaluationError(f"{path} holds arrays {keys}; name the inputs 'x' "
+                                          "(np.savez(path, x=inputs))")
+                arr = z["x" if "x" in keys else keys[0]]
+        elif suffix == ".pt":
+            arr = torch.load(path, map_location="cpu", weights_only=True)
+            arr = arr.get("x") if isinstance(arr, dict) else arr
+        else:
+            raise EvaluationError(f"{path}: unknown input format {suffix!r}; use .npy, .npz "
+                                  "or .pt")
+    except (ValueError, OSError, RuntimeError) as err:
+        if isinstance(err, EvaluationError):
+            raise
+        raise EvaluationError(f"{path} is not a readable {suffix} array file ({err}); save the "
+                              "inputs with numpy.save / numpy.savez / torch.save") from err
+    x = torch.as_tensor(arr) if isinstance(arr, np.ndarray | Tensor) else None
+    if x is None or x.dtype == torch.bool or x.is_complex():
+        raise EvaluationError(f"{path} holds no numeric array (got {type(arr).__name__}); "
+                              "save a float or uint8 array of inputs")
+    x = x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+    if not torch.isfinite(x).all():
+        raise EvaluationError(f"{path} contains NaN/Inf; clean the inputs first")
+    return _fit_shape(x, input_shape, str(path))
+
+
+def _load_split(name: str, split: str, root: str | None, input_shape: tuple[int, ...]
+                ) -> Dataset:
+    """Split ``split`` of data set ``name`` (or the inputs of a .npy/.npz/.pt file)."""
+    if Path(name).suffix.lower() in (".npy", ".npz", ".pt"):
+        x = load_inputs(name, input_shape)
+        return Dataset(x, torch.zeros(len(x), dtype=torch.int64), Path(name).name)
+    from .data import load_dataset
+
+    if split not in ("train", "test"):
+        raise EvaluationError(f"unknown split {split!r}; use 'test' or 'train'")
+    try:
+        data = load_dataset(name, root=root)
+    except ValueError as err:  # unknown name: the message lists the valid ones
+        raise EvaluationError(str(err)) from err
+    ds = getattr(data, split)
+    if len(ds) == 0:
+        raise EvaluationError(f"data set {name!r} has an empty {split} split; use the other one")
+    _fit_shape(ds.x[:1], input_shape, f"data set {name!r}")
+    return Dataset(_fit_shape(ds.x, input_shape, name), ds.y, ds.name, ds.num_classes)
+
+
+def _run_or_named_split(run: Run, name: str, split: str, data_root: str | None,
+                        shape: tuple[int, ...]) -> Dataset:
+    """The run's own data (as it was trained: generated sets, limits) or a named data set."""
+    same = name.lower().replace("_", "-") == run.config.data.name.lower().replace("_", "-")
+    if same and split in ("train", "test"):
+        return getattr(run.data(), split)
+    root = data_root if data_root is not None else run.config.data.root
+    return _load_split(name, split, root, shape)
+
+
+# ------------------------------------------------------------------------------ pure pieces
+def mc_sample_probs(model: torch.nn.Module, x: Tensor, num_samples: int, *,
+                    batch_size: int = 1000, desc: str = "MC", progress: bool = True
+                    ) -> tuple[Tensor, float]:
+    """Per-draw probabilities (T, N, C) and the seconds the T draws took (progress bar on)."""
+    stochastic = bool(bayesian_layers(model))
+    step = max(1, math.ceil(num_samples / 20)) if stochastic else num_samples
+    out: Tensor | None = None
+    seconds, done = 0.0, 0
+    with tqdm(total=num_samples, desc=desc, disable=not progress, unit="draw") as bar:
+        while done < num_samples:
+            k = min(step, num_samples - done)
+            probs, dt = timed_mc_predict(model, x, k, batch_size=batch_size, return_samples=True)
+            if out is None:
+                out = probs.new_empty((num_samples, *probs.shape[1:]))
+            out[done:done + k] = probs
+            seconds, done = seconds + dt, done + k
+            bar.update(k)
+    return out, seconds
+
+
+def decompose_draws(sample_probs: Tensor) -> dict[str, Tensor]:
+    """:func:`~bayescale.uncertainty.decompose`, exact for identical draws (a deterministic
+    network repeated T times): those have mutual information exactly 0, not float round-off."""
+    if torch.equal(sample_probs, sample_probs[:1].expand_as(sample_probs)):
+        sample_probs = sample_probs[:1]
+    return decompose(sample_probs)
+
+
+def first_index_per_class(labels: Tensor, num_classes: int) -> Tensor:
+    """Index of the first example of each class present (seed Fig. 4: one image per class)."""
+    first = [int(torch.nonzero(labels == c)[0]) for c in range(num_classes)
+             if bool((labels == c).any())]
+    return torch.tensor(first, dtype=torch.int64)
+
+
+def summarize(sample_probs: Tensor, labels: Tensor, num_bins: int = 15) -> dict[str, Any]:
+    """Metrics and per-input uncertainty of per-draw probabilities (T, N, C) (pure).
+
+    Returns:
+        ``{"metrics": {...}, "arrays": {...}}``; the arrays are those of :data:`PREDICTION_KEYS`
+        for the test set.
+    """
+    mean = sample_probs.double().mean(0).float()
+    parts = decompose_draws(sample_probs)
+    m = classification_metrics(sample_probs, labels, num_bins)
+    m["heldout_log_likelihood"] = heldout_log_likelihood(mean, labels)
+    m["aurc_entropy"] = aurc(mean, labels, parts["total"])
+    m["mean_total"], m["mean_aleatoric"], m["mean_epistemic"] = (
+        float(parts[k].double().mean()) for k in ("total", "aleatoric", "epistemic"))
+    idx = first_index_per_class(labels, sample_probs.shape[-1])
+    arrays = {"probs": mean, "labels": labels, **parts,
+              "sample_accuracy": (sample_probs.argmax(-1) == labels).float().mean(1),
+              "class_index": idx, "class_true_probs": sample_probs[:, idx, labels[idx]]}
+    return {"metrics": m, "arrays": arrays}
+
+
+def ood_summary(parts_in: dict[str, Tensor], parts_out: dict[str, Tensor]) -> dict[str, Any]:
+    """OOD detection by predictive entropy and by mutual information (OOD = positive)."""
+    return {"entropy": ood_metrics(parts_in["total"], parts_out["total"]),
+            "mutual_information": ood_metrics(parts_in["epistemic"], parts_out["epistemic"])}
+
+
+# ------------------------------------------------------------------------------ files
+def _is_writer() -> bool:
+    return detect_env().rank == 0
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def _new_file(path: str | Path, what: str) -> Path:
+    path = Path(path)
+    if path.exists():
+        raise EvaluationError(f"{what} {str(path)!r} already exists; choose a new file name "
+                              "(nothing is overwritten)")
+    if not path.parent.is_dir():
+        raise EvaluationError(f"the folder of {what} {str(path)!r} does not exist; create it")
+    return path
+
+
+def load_predictions(path: str | Path) -> dict[str, np.ndarray]:
+    """The arrays of a ``predictions.npz`` (or of the run directory holding ``eval/``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / EVAL_DIR / "predictions.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"no predictions at {str(path)!r}; run `bayescale evaluate RUN` "
+                                "first")
+    with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as fh:  # a file object: numpy appends no ".npz" to the temp name
+        np.savez_compressed(fh, **arrays)
+
+
+def _np(t: Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+# ------------------------------------------------------------------------------ evaluate
+def evaluate_run(run: str | Path | Run, num_samples: int = 100, *, ood: str | None = None,
+                 num_bins: int = 15, out_dir: str | Path | None = None,
+                 out_file: str | Path | None = None, batch_size: int = 1000, seed: int = 0,
+                 data_root: str | None = None, progress: bool = True) -> dict[str, Any]:
+    """MC-evaluate a trained run on its test set (and an OOD set); save metrics and arrays.
+
+    Args:
+        run: a run directory, a ``model.pt``/``checkpoint.pt`` in one, or a loaded :class:`Run`.
+        num_samples: weight draws T (one pass for a deterministic network).
+        ood: an out-of-distribution data set name (e.g. ``"fashion-mnist-small"``) or a
+            .npy/.npz/.pt file of inputs; its test split is used.
+        num_bins: ECE / reliability bins.
+        out_dir: where metrics.json and predictions.npz go (default ``RUN/eval``).
+        out_file: also write the metrics JSON here (must not exist yet).
+        batch_size: inputs per forward.
+        seed: torch seed of the weight draws (the global RNG state is restored afterwards).
+        data_root: root of file-based data sets (default: the run's ``data.root``).
+        progress: show progress bars.
+
+    Returns:
+        The metrics dict that was written to ``metrics.json``.
+
+    Raises:
+        CheckpointError: no loadable run at ``run``.
+        EvaluationError: unknown OOD set, inputs of the wrong shape, an existing ``out_file``.
+    """
+    if num_samples < 1 or num_bins < 1:
+        raise EvaluationError(f"--samples and --bins must be >= 1, got {num_samples}, {num_bins}")
+    run = run if isinstance(run, Run) else load_run(run)
+    out_dir = Path(out_dir) if out_dir is not None else run.run_dir / EVAL_DIR
+    if out_file is not None:
+        out_file = _new_file(out_file, "--out file")
+    shape = tuple(model_spec(run.config.model.name).input_shape)
+    test = run.data().test
+    root = data_root if data_root is not None else run.config.data.root
+    ood_set = _load_split(ood, "test", root, shape) if ood else None  # validated before work
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        samples, seconds = mc_sample_probs(run.model, test.x, num_samples, batch_size=batch_size,
+                                           desc=f"MC test ({len(test)})", progress=progress)
+        res = summarize(samples, test.y, num_bins)
+        if ood_set is not None:
+            ood_samples, ood_seconds = mc_sample_probs(
+                run.model, ood_set.x, num_samples, batch_size=batch_size,
+                desc=f"MC OOD ({len(ood_set)})", progress=progress)
+    arrays = res["arrays"]
+    arrays["class_images"] = test.x[arrays["class_index"]]
+    bayesian = bool(bayesian_layers(run.model))
+    metrics: dict[str, Any] = {
+        "run": str(run.run_dir), "weights": str(run.weights), "model": run.config.model.name,
+        "bayesian": bayesian, "data": run.config.data.name, "num_test": len(test),
+        "num_samples": num_samples, "mc_passes": num_samples if bayesian else 1,
+        "num_bins": num_bins, "seed": seed, **res["metrics"],
+        "mc_inference_s": seconds, "threads": torch.get_num_threads(),
+    }
+    if ood_set is not None:
+        parts = decompose_draws(ood_samples)
+        arrays.update({"ood_probs": ood_samples.double().mean(0).float(),
+                       **{f"ood_{k}": v for k, v in parts.items()}})
+        metrics["ood"] = {"dataset": ood, "num": len(ood_set), **ood_summary(arrays, parts),
+                          "mc_inference_s": ood_seconds}
+        if not bayesian:
+            metrics["ood"]["note"] = ("deterministic network: mutual information is 0 for "
+                                      "every input, so it cannot separate OOD (AUROC 0.5)")
+    metrics["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    metrics["files"] = {"metrics": str(out_dir / "metrics.json"),
+                        "predictions": str(out_dir / "predictions.npz")}
+    if _is_writer():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        saved = {k: _np(v) for k, v in arrays.items()}
+        saved.update(num_samples=np.array(num_samples), num_bins=np.array(num_bins))
+        _atomic_write(out_dir / "predictions.npz", lambda p: _savez(p, saved))
+        text = json.dumps(metrics, indent=2) + "\n"
+        _atomic_write(out_dir / "metrics.json", lambda p: p.write_text(text))
+        if out_file is not None:
+            with open(out_file, "x") as fh:
+                fh.write(text)
+    return metrics
+
+
+# ------------------------------------------------------------------------------ predict
+def predict_run(run: str | Path | Run, out: str | Path, *, inputs: str | Path | None = None,
+                data: str | None = None, split: str = "test", num_samples: int = 100,
+                batch_size: int = 1000, seed: int = 0, data_root: str | None = None,
+                progress: bool = True) -> Path:
+    """Write one CSV row per input: predicted class, its probability and the uncertainties.
+
+    Columns: ``index, predicted, probability, total, aleatoric, epistemic`` (nats), plus
+    ``label, correct`` when the inputs come from a data set.
+
+    Args:
+        run: a run directory or checkpoint (see :func:`evaluate_run`).
+        out: the CSV file to create (must not exist).
+        inputs: a .npy/.npz/.pt file of inputs (N, *input shape); or give ``data``.
+        data: a data set name; ``split`` picks ``"test"`` or ``"train"``.
+
+    Raises:
+        EvaluationError: both or neither of ``inputs``/``data``, a bad file, an existing ``out``.
+    """
+    if (inputs is None) == (data is None):
+        raise EvaluationError("give exactly one of --input FILE or --data NAME")
+    out = _new_file(out, "--out file")
+    run = run if isinstance(run, Run) else load_run(run)
+    shape = tuple(model_spec(run.config.model.name).input_shape)
+    if inputs is not None:
+        x, y = load_inputs(inputs, shape), None
+    else:
+        ds = _run_or_named_split(run, data, split, data_root, shape)
+        x, y = ds.x, ds.y
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        samples, _ = mc_sample_probs(run.model, x, num_samples, batch_size=batch_size,
+                                     desc=f"MC predict ({len(x)})", progress=progress)
+    parts = decompose_draws(samples)
+    prob, pred = samples.double().mean(0).max(-1)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["index", "predicted", "probability", "total", "aleatoric", "epistemic"]
+               + (["label", "correct"] if y is not None else []))
+    for i in range(len(x)):
+        row = [i, int(pred[i]), f"{float(prob[i]):.6g}"] + [
+            f"{float(parts[k][i]):.6g}" for k in ("total", "aleatoric", "epistemic")]
+        w.writerow(row + ([int(y[i]), int(y[i] == pred[i])] if y is not None else []))
+    if _is_writer():
+        with open(out, "x") as fh:
+            fh.write(buf.getvalue())
+    return out
