@@ -1,0 +1,171 @@
+"""bayescale side by side with its peers: bayesian-torch (mean-field layers) and IVON (ivon-opt).
+
+    pip install -c constraints.txt -e ".[peers]"     # bayesian-torch and ivon-opt, torch pinned
+    python benchmarks/peers_bench.py                 # ~6 min on 2 cores
+
+Same architectures as benchmarks/layer_overhead.py ((a) MLP, (b) conv net, (c) VGG3), same
+synthetic batch, same process, A/B interleaved medians; every ratio is against the plain PyTorch
+model timed in the same rounds.
+
+* train step (batch 128, Adam; IVON is its own optimizer on the plain model, one MC sample per
+  step): forward + loss (+ KL) + backward + update;
+* MC prediction, T samples over 1,024 inputs in batches of 1,024: bayescale ``mc_predict`` (one
+  weight draw per sample, whatever the estimator), bayesian-torch's layers called T times (their
+  forward draws noise anew; Flipout keeps its per-example perturbation), IVON's
+  ``sampled_params`` T times.
+
+Writes benchmarks/results/peers.json with provenance and the package versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import bayescale
+from bayescale.bench import provenance, summary, time_interleaved, write_json
+
+sys.path.insert(0, str(Path(__file__).parent))
+from layer_overhead import ARCHS, MALLOC_ENV, _reexec_with_malloc_env  # noqa: E402
+
+N_TRAIN = 60000
+
+
+def _peers():
+    try:
+        from bayesian_torch.models.dnn_to_bnn import dnn_to_bnn, get_kl_loss
+        import ivon
+    except ImportError as err:
+        raise SystemExit(f"peers not installed ({err}); run: pip install -c constraints.txt "
+                         "-e \".[peers]\"") from err
+    return dnn_to_bnn, get_kl_loss, ivon
+
+
+def _bt_model(build, estimator: str):
+    dnn_to_bnn, _, _ = _peers()
+    m = build()
+    dnn_to_bnn(m, {"prior_mu": 0.0, "prior_sigma": 1.0, "posterior_mu_init": 0.0,
+                   "posterior_rho_init": -3.0, "type": "Flipout" if estimator == "flipout"
+                   else "Reparameterization", "moped_enable": False})
+    return m
+
+
+def train_steps(build, x, y) -> dict:
+    _, get_kl_loss, ivon = _peers()
+    fns = {}
+    plain = build()
+    opt_p = torch.optim.Adam(plain.parameters(), 1e-3)
+
+    def plain_step():
+        opt_p.zero_grad(set_to_none=True)
+        F.cross_entropy(plain(x), y).backward()
+        opt_p.step()
+    fns["plain"] = plain_step
+    for est in ("reparam", "flipout"):
+        ours = bayescale.bayesianize(build(), estimator=est)
+        opt_o = torch.optim.Adam(ours.parameters(), 1e-3)
+
+        def our_step(m=ours, o=opt_o):
+            o.zero_grad(set_to_none=True)
+            bayescale.elbo_loss(m(x), y, m, N_TRAIN).backward()
+            o.step()
+        fns[f"bayescale {est}"] = our_step
+        theirs = _bt_model(build, est)
+        opt_t = torch.optim.Adam(theirs.parameters(), 1e-3)
+
+        def their_step(m=theirs, o=opt_t):
+            o.zero_grad(set_to_none=True)
+            (F.cross_entropy(m(x), y) + get_kl_loss(m) / N_TRAIN).backward()
+            o.step()
+        fns[f"bayesian-torch {est}"] = their_step
+    iv_model = build()
+    iv_opt = ivon.IVON(iv_model.parameters(), lr=0.1, ess=N_TRAIN)
+
+    def ivon_step():
+        with iv_opt.sampled_params(train=True):
+            iv_opt.zero_grad(set_to_none=True)
+            F.cross_entropy(iv_model(x), y).backward()
+        iv_opt.step()
+    fns["ivon"] = ivon_step
+    return fns
+
+
+def mc_fns(build, x, samples: int) -> dict:
+    _, _, ivon = _peers()
+    fns = {}
+    plain = build().eval()
+
+    @torch.no_grad()
+    def plain_mc():
+        for _ in range(samples):
+            torch.softmax(plain(x), -1)
+    fns["plain"] = plain_mc
+    for est in ("reparam", "flipout"):
+        ours = bayescale.bayesianize(build(), estimator=est).eval()
+        fns[f"bayescale {est}"] = lambda m=ours: bayescale.mc_predict(m, x, samples,
+                                                                     batch_size=len(x))
+        theirs = _bt_model(build, est).eval()
+
+        @torch.no_grad()
+        def their_mc(m=theirs):
+            for _ in range(samples):
+                torch.softmax(m(x), -1)
+        fns[f"bayesian-torch {est}"] = their_mc
+    iv_model = build().eval()
+    iv_opt = ivon.IVON(iv_model.parameters(), lr=0.1, ess=N_TRAIN)
+
+    @torch.no_grad()
+    def ivon_mc():
+        for _ in range(samples):
+            with iv_opt.sampled_params():
+                torch.softmax(iv_model(x), -1)
+    fns["ivon"] = ivon_mc
+    return fns
+
+
+def main() -> None:
+    _reexec_with_malloc_env()
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--archs", nargs="+", default=list(ARCHS), choices=list(ARCHS))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=8)
+    p.add_argument("--samples", type=int, default=20, help="MC samples T")
+    p.add_argument("--out", default="benchmarks/results/peers.json")
+    a = p.parse_args()
+    _peers()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    results = {}
+    for arch in a.archs:
+        build, shape = ARCHS[arch]
+        x, y = torch.randn(128, *shape), torch.randint(0, 10, (128,))
+        t = time_interleaved(train_steps(build, x, y), warmup=3, rounds=a.rounds,
+                             steps_per_round=5)
+        xm = torch.randn(1024, *shape)
+        m = time_interleaved(mc_fns(build, xm, a.samples), warmup=1, rounds=max(3, a.rounds // 2),
+                             steps_per_round=1)
+        base_t, base_m = summary(t["plain"])["median_s"], summary(m["plain"])["median_s"]
+        results[arch] = {
+            "train_step": {k: {"median_s": summary(v)["median_s"],
+                               "ratio": summary(v)["median_s"] / base_t} for k, v in t.items()},
+            "mc_predict": {k: {"median_s": summary(v)["median_s"],
+                               "ratio": summary(v)["median_s"] / base_m} for k, v in m.items()},
+        }
+        for kind in ("train_step", "mc_predict"):
+            print(arch, kind, {k: round(v["ratio"], 2) for k, v in results[arch][kind].items()},
+                  flush=True)
+    versions = {pkg: md.version(pkg) for pkg in ("bayesian-torch", "ivon-opt")}
+    cfg = {**vars(a), "versions": versions, "malloc_env": MALLOC_ENV, "train_batch": 128,
+           "mc_inputs": 1024}
+    print("wrote", write_json(a.out, {"benchmark": "peers", "provenance": provenance(cfg),
+                                      "results": results}))
+
+
+if __name__ == "__main__":
+    main()
