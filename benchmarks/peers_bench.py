@@ -38,8 +38,8 @@ N_TRAIN = 60000
 
 def _peers():
     try:
-        from bayesian_torch.models.dnn_to_bnn import dnn_to_bnn, get_kl_loss
         import ivon
+        from bayesian_torch.models.dnn_to_bnn import dnn_to_bnn, get_kl_loss
     except ImportError as err:
         raise SystemExit(f"peers not installed ({err}); run: pip install -c constraints.txt "
                          "-e \".[peers]\"") from err
