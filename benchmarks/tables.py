@@ -1,0 +1,206 @@
+"""Render the README's benchmark tables from benchmarks/results/*.json.
+
+    python benchmarks/tables.py            # rewrite every table between its README markers
+    python benchmarks/tables.py --check    # exit 1 if the README is out of date
+
+Each table lives between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` in README.md; the
+prose around it is written by hand. A table whose JSON is missing is left as it is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RES = ROOT / "benchmarks" / "results"
+README = ROOT / "README.md"
+
+
+def _load(name: str) -> dict | None:
+    path = RES / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _met(ok: bool | None) -> str:
+    return "—" if ok is None else ("yes" if ok else "**no**")
+
+
+def _stamp(d: dict) -> str:
+    p = d.get("provenance", {})
+    return (f"\n\n<sub>commit `{str(p.get('commit', '?'))[:10]}`, torch {p.get('torch', '?')}, "
+            f"{p.get('device', p.get('cpu', '?'))}, {p.get('timestamp', '?')[:10]}</sub>")
+
+
+ARCH = {"mlp": "(a) MLP", "conv": "(b) conv net", "vgg3": "(c) VGG3 (CIFAR-10)"}
+
+
+def layer_overhead(d: dict) -> str:
+    rows = [[ARCH[r["arch"]], r["estimator"], f"{r['plain']['median_s'] * 1e3:.2f}",
+             f"{r['bayes']['median_s'] * 1e3:.2f}", f"{r['ratio']:.2f}x",
+             f"≤ {r['target']}x" if r["target"] else "—", _met(r["meets_target"])]
+            for r in d["results"]]
+    return _table(["architecture", "estimator", "plain ms/step", "Bayesian ms/step", "ratio",
+                   "target", "met"], rows) + _stamp(d)
+
+
+def train_mnist(d: dict) -> str:
+    target = {"BNN_conv_flip": 0.985, "BNN_FC_flip": 0.97}
+    rows = []
+    for name, r in d["results"].items():
+        t = target.get(name)
+        accs = [x["test_acc"] for x in r["runs"]]
+        met = None if t is None else (f"{sum(a >= t for a in accs)} of {len(accs)} seeds"
+                                      if r["test_acc_mean"] >= t else "**no** (mean)")
+        rows.append([f"`{name}`", f"{100 * r['test_acc_mean']:.2f}% ({100 * r['test_acc_min']:.2f}"
+                     f"–{100 * r['test_acc_max']:.2f})", f"{r['test_nll_mean']:.3f}",
+                     f"{r['epoch_time_median_s']:.1f}", f"≥ {100 * t:.1f}%" if t else "—",
+                     met or "—"])
+    return _table(["model", "test accuracy, mean (min–max)", "test NLL (nats)",
+                   "s / epoch (median)", "target", "met"], rows) + _stamp(d)
+
+
+def train_cifar(d: dict) -> str:
+    rows = []
+    for name, r in d["results"].items():
+        run = r["runs"][0]
+        curve = " / ".join(f"{100 * a:.1f}%" for _, a in run["eval_curve"])
+        rows.append([f"`{name}`", curve, f"{run['test_nll']:.2f}",
+                     f"{statistics.median(run['epoch_times_s']):.0f}"])
+    return _table(["model", "test accuracy after each epoch", "test NLL", "s / epoch"],
+                  rows) + _stamp(d)
+
+
+def train_ddp(d: dict) -> str:
+    r = d["results"]
+    one, two = r["1x1"], r["2x1"]
+    solo = statistics.fmean(x["median_step_s"] for x in r["2 independent x1"])
+    rows = [["1 worker × 1 thread", f"{one['median_step_s'] * 1e3:.1f} ms",
+             f"{r['throughput_1x1']:,.0f} img/s", "1", "—"],
+            ["2 workers × 1 thread (DDP)", f"{two['median_step_s'] * 1e3:.1f} ms",
+             f"{r['throughput_2x1']:,.0f} img/s", f"**{r['efficiency']:.2f}** (target ≥ 0.85: "
+             f"{'yes' if r['efficiency'] >= 0.85 else '**no**'})",
+             f"{100 * r['allreduce_share_2x1']:.1f}%"],
+            ["2 independent runs × 1 thread", f"{solo * 1e3:.1f} ms", "—",
+             f"{r['ceiling_efficiency']:.2f} (ceiling)", "—"]]
+    return _table(["run", "median step", "throughput", "efficiency", "all-reduce share of step"],
+                  rows) + _stamp(d)
+
+
+def data_pipeline(d: dict) -> str:
+    t = d["timings"]
+    return _table(["loader alone", "training step", "loader share of step", "target"], [[
+        f"{t['loader']['median_s'] * 1e3:.2f} ms/batch ({d['loader_images_per_s']:,.0f} img/s)",
+        f"{t['step']['median_s'] * 1e3:.0f} ms", f"{100 * d['loader_share']:.2f}%",
+        f"< {100 * d['target_share']:.0f}% ({'met' if d['meets_target'] else '**not met**'})"]]
+    ) + _stamp(d)
+
+
+def scaling(d: dict) -> str:
+    r = d["results"]
+    rows = [[m["label"], m["workers"], f"{float(m['median_step_s']) * 1e3:.1f} ms",
+             f"{float(m['allreduce_s']) * 1e3:.2f} ms", f"{float(m['efficiency']):.2f}",
+             "measured"] for m in r["measured"]]
+    for label, v in r["validation_2_workers"].items():
+        rows.append([label, 2, f"{v['predicted_step2_s'] * 1e3:.1f} ms",
+                     f"{v['predicted_allreduce_s'] * 1e3:.2f} ms",
+                     f"{v['predicted_efficiency']:.2f} (error {v['error_points']:+.1f} points)",
+                     "modelled"])
+    return _table(["model", "workers", "median step", "all-reduce", "efficiency", "source"],
+                  rows) + _stamp(d)
+
+
+def scaling_fit(d: dict) -> str:
+    rows = []
+    for name, f in d["results"]["seed_fit"].items():
+        for model in ("BNN", "CNN"):
+            errs = ", ".join(f"{100 * e:+.1f}%" for e in f["relative_error"][model])
+            pred = ", ".join(f"{p:.2f}" for p in f["predicted_speedup"][model])
+            obs = ", ".join(f"{p:.2f}" for p in f["observed_speedup"][model])
+            rows.append([name, model, obs, pred, errs,
+                         f"α = {f['software_latency_s'] * 1e6:.0f} µs, CV = "
+                         f"{f['step_cv'][model]:.3f}"])
+    return _table(["model variant", "net", "seed speed-up at 2/4/6/8", "modelled", "error",
+                   "fitted parameters"], rows) + _stamp(d)
+
+
+def scaling_extrapolation(d: dict) -> str:
+    c = d["results"]["extrapolation"]["curves"]
+    n = d["results"]["extrapolation"]["workers"]
+    rows = []
+    for key, v in c.items():
+        fit, model, ic, comp, mode = key.split("|")
+        if ic != "aries" and comp == "bf16":
+            continue
+        rows.append([fit, model, ic, comp, mode, f"{v['efficiency'][n.index(1024)]:.2f}",
+                     v["below_50pct_at"] or "> 1024"])
+    return _table(["fit", "net", "interconnect", "gradients", "scaling", "efficiency at 1,024",
+                   "below 50% from"], rows) + _stamp(d)
+
+
+def peers(d: dict) -> str:
+    rows = []
+    for arch, r in d["results"].items():
+        for lib in r["train_step"]:
+            if lib == "plain":
+                continue
+            rows.append([ARCH[arch], lib, f"{r['train_step'][lib]['ratio']:.2f}x",
+                         f"{r['mc_predict'][lib]['ratio']:.2f}x"])
+    return _table(["architecture", "library / estimator", "train step vs plain",
+                   f"MC prediction (T={d['provenance']['config']['samples']}) vs plain"],
+                  rows) + _stamp(d)
+
+
+RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
+    "layer_overhead": ("layer_overhead", layer_overhead),
+    "train_mnist": ("train_mnist", train_mnist),
+    "train_cifar": ("train_cifar", train_cifar),
+    "train_ddp": ("train_ddp", train_ddp),
+    "data_pipeline": ("data_pipeline", data_pipeline),
+    "scaling": ("scaling", scaling),
+    "scaling_fit": ("scaling", scaling_fit),
+    "scaling_extrapolation": ("scaling", scaling_extrapolation),
+    "peers": ("peers", peers),
+}
+
+
+def render(text: str) -> tuple[str, list[str]]:
+    """``text`` with every known table regenerated; also the names that were updated."""
+    done = []
+    for name, (source, fn) in RENDERERS.items():
+        pat = re.compile(rf"(<!-- bench:{name} -->\n).*?(\n<!-- /bench:{name} -->)", re.S)
+        data = _load(source)
+        if data is None or not pat.search(text):
+            continue
+        table = fn(data)
+        text = pat.sub(lambda m, t=table: m.group(1) + t + m.group(2), text)
+        done.append(name)
+    return text, done
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", action="store_true", help="only check the README is up to date")
+    a = p.parse_args()
+    old = README.read_text()
+    new, done = render(old)
+    if a.check:
+        sys.exit(0 if new == old else 1)
+    README.write_text(new)
+    print("regenerated:", ", ".join(done) or "nothing")
+
+
+if __name__ == "__main__":
+    main()
