@@ -76,6 +76,13 @@ def build_optimizer(o: OptimConfig, params: Iterable[nn.Parameter], lr: float, *
         if num_train is None:
             raise ValueError("optim.name=sghmc needs num_train (the training-set size N)")
         k = sghmc or SGHMCConfig()
+        conv_thresholds = {n: v for n, v in (("soft_threshold", k.conv_soft_threshold),
+                                             ("hard_threshold", k.conv_hard_threshold))
+                           if v is not None}
+        if conv_thresholds:  # conv weights (dim >= 3) in a group of their own
+            groups = [{"params": [p for p in params if p.dim() >= 3], **conv_thresholds},
+                      {"params": [p for p in params if p.dim() < 3]}]
+            params = [g for g in groups if g["params"]]
         return SGHMCSpikeSlab(params, num_train, lr, preset=k.preset, temperature=k.temperature,
                               eta=k.eta, betas=tuple(k.betas) if k.betas else None, eps1=k.eps1,
                               eps0=k.eps0, soft_threshold=k.soft_threshold,

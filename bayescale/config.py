@@ -119,6 +119,10 @@ class SGHMCConfig:
     soft_threshold: float | None = _opt(None, "E-step: group mean w^2 below this -> spike")
     hard_threshold: float | None = _opt(None, "prune a group for good below this (mean w^2; "
                                               "conv channels/filters: max - min)")
+    conv_soft_threshold: float | None = _opt(None, "soft_threshold of conv weights (default: "
+                                                   "soft_threshold; their statistics differ)")
+    conv_hard_threshold: float | None = _opt(None, "hard_threshold (range) of conv weights "
+                                                   "(default: hard_threshold)")
     warm_up: int | None = _opt(None, "epochs before the E-step and pruning start")
     group: Literal["none", "cnn", "fc", "gnn", "cnn_fc"] | None = _opt(
         None, "groups: cnn (kernel slices; channels/filters), fc (input columns), gnn (output "

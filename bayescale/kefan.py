@@ -50,6 +50,8 @@ pruned by mean square); ``"cnn_fc"`` conv weights as ``"cnn"`` and linear weight
 **Data-parallel**: gradients arrive all-reduced, and the noise comes from the optimizer's own
 generator, seeded alike on every rank and saved in ``state_dict``, so ranks stay bit-identical.
 
+Training with it (cyclical schedule, samples, BMA, sparsity log): :mod:`bayescale.kefan_run`.
+
 References:
     Ke & Fan, "On the optimization and pruning for Bayesian deep learning", arXiv:2210.12957.
     Chen, Fox & Guestrin, "Stochastic Gradient Hamiltonian Monte Carlo", ICML 2014.
@@ -58,24 +60,18 @@ References:
 
 from __future__ import annotations
 
-import copy
-import json
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from . import distributed as D
 from .groups import expand_group_mask, hard_prune_groups, spike_slab_estep
-from .schedules import cycle_sample_steps, cyclical_cosine
 
 __all__ = ["SGHMCSpikeSlab", "PRESETS", "GROUP_POLICIES", "TEMPERATURES", "resolve_hparams",
-           "untempered_temperature", "posterior_temperature", "sparsity", "layer_sparsity",
-           "SampleCollector", "load_samples", "check_model", "KeFanTraining"]
+           "untempered_temperature", "posterior_temperature", "sparsity", "layer_sparsity"]
 
 GROUP_POLICIES = ("none", "cnn", "fc", "gnn", "cnn_fc")
 TEMPERATURES = ("1/N", "1/sqrt(N)", "untempered")
@@ -416,147 +412,3 @@ def layer_sparsity(model: nn.Module) -> dict[str, float]:
                                     / sum(p.numel() for p in ps))
     return out
 
-
-class SampleCollector:
-    """Keeps weight samples (CPU state dicts) after given step counts; with ``run_dir``, also
-    writes them to ``run_dir/samples/sample_XX.pt`` (XX = index in ``steps``) and ``index.json``.
-
-    Ke & Fan keep 3 samples at the end of each cycle (epoch ends): :meth:`for_cycles`.
-    """
-
-    def __init__(self, steps: Iterable[int], run_dir: str | Path | None = None,
-                 keep: bool = True) -> None:
-        self.steps = sorted(set(int(s) for s in steps))
-        self.dir = Path(run_dir) / "samples" if run_dir is not None else None
-        self.keep = keep
-        self.samples: list[dict[str, Tensor]] = []
-        self.taken: list[int] = []
-
-    @classmethod
-    def for_cycles(cls, total_steps: int, cycles: int, per_cycle: int, gap: int,
-                   run_dir: str | Path | None = None, keep: bool = True) -> SampleCollector:
-        """``per_cycle`` samples ``gap`` steps apart at the end of each of ``cycles`` cycles."""
-        return cls(cycle_sample_steps(total_steps, cycles, per_cycle, gap), run_dir, keep)
-
-    @torch.no_grad()
-    def __call__(self, step: int, model: nn.Module) -> bool:
-        """Take a sample if ``step`` (updates done) is a sampling step; returns whether it did."""
-        if step not in self.steps:
-            return False
-        state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-        if self.dir is not None:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            torch.save(state, self.dir / f"sample_{self.steps.index(step):02d}.pt")
-            index = self.dir / "index.json"
-            done = json.loads(index.read_text()) if index.is_file() else {}
-            done[f"sample_{self.steps.index(step):02d}.pt"] = step
-            index.write_text(json.dumps(dict(sorted(done.items())), indent=1))
-        if self.keep:
-            self.samples.append(state)
-            self.taken.append(step)
-        return True
-
-    def restore(self, up_to_step: int) -> None:
-        """After a resume: reload the samples already written (steps <= ``up_to_step``)."""
-        if self.dir is None or not (self.dir / "index.json").is_file():
-            return
-        done = json.loads((self.dir / "index.json").read_text())
-        for name, step in sorted(done.items(), key=lambda kv: kv[1]):
-            if step <= up_to_step and step not in self.taken and self.keep:
-                self.samples.append(torch.load(self.dir / name, weights_only=True))
-                self.taken.append(step)
-
-    def modules(self, template: nn.Module) -> list[nn.Module]:
-        """The kept samples as modules (copies of ``template`` in eval mode)."""
-        out = []
-        for state in self.samples:
-            m = copy.deepcopy(template)
-            m.load_state_dict(state)
-            out.append(m.eval())
-        return out
-
-
-def load_samples(run_dir: str | Path, map_location: str | torch.device = "cpu"
-                 ) -> list[nn.Module]:
-    """The weight samples a run collected (``RUN/samples/sample_XX.pt``) as modules, in order,
-    ready for Bayesian model averaging: ``bayescale.mc_predict(load_samples(run), x)``."""
-    from .checkpoint import CheckpointError
-    from .runs import load_run
-
-    files = sorted((Path(run_dir) / "samples").glob("sample_*.pt"))
-    if not files:
-        raise CheckpointError(f"{str(run_dir)!r} has no samples/sample_XX.pt; train with "
-                              "optim.name=sghmc and sghmc.samples_per_cycle >= 1")
-    template = load_run(run_dir, map_location).model
-    out = []
-    for f in files:
-        m = copy.deepcopy(template)
-        m.load_state_dict(torch.load(f, map_location=map_location, weights_only=True))
-        out.append(m.eval())
-    return out
-
-
-def check_model(model: nn.Module) -> None:
-    """SGHMC samples the weights themselves: the network must be deterministic."""
-    from .sampling import bayesian_layers
-
-    if bayesian_layers(model):
-        raise ValueError("optim.name=sghmc samples the weights of a deterministic network (its "
-                         "iterates are the posterior samples); this model has Bayesian layers: "
-                         "set model.bayesian=false")
-
-
-class KeFanTraining:
-    """What ``bayescale train`` adds for ``optim.name=sghmc``: the cyclical step size, the E-step
-    and pruning at the first batch of each epoch after warm-up, sample collection, the sparsity
-    log (``RUN/sparsity.csv``) and Bayesian model averaging over the samples at the end.
-    """
-
-    def __init__(self, opt: SGHMCSpikeSlab, model: nn.Module, h0: float, cycles: int,
-                 samples_per_cycle: int, per_epoch: int, total: int, run_dir: Path,
-                 resume_step: int | None = None) -> None:
-        from .kefan_plots import SparsityLog
-
-        self.opt, self.model, self.h0, self.cycles = opt, model, h0, cycles
-        self.per_epoch, self.total = per_epoch, total
-        self.collector = SampleCollector.for_cycles(
-            total, cycles, samples_per_cycle, per_epoch, run_dir if D.is_main() else None)
-        self.log = SparsityLog(run_dir / "sparsity.csv", D.is_main(), resume_step)
-        if resume_step is None:
-            self.log.write(0, 0, model, opt)
-        else:
-            self._restore(resume_step)
-
-    def _restore(self, step: int) -> None:
-        if D.is_main():
-            self.collector.restore(step)
-        box = D.broadcast_object((self.collector.samples, self.collector.taken))
-        self.collector.samples, self.collector.taken = box  # type: ignore[misc]
-
-    def lr(self, step: int) -> float:
-        """h at 0-based ``step`` (spec §4.6, :func:`bayescale.schedules.cyclical_cosine`)."""
-        return cyclical_cosine(step, self.total, self.cycles, self.h0)
-
-    def before_step(self, epoch: int, batch: int) -> None:
-        """E-step and pruning at the first batch of every epoch past the warm-up (spec §4.3)."""
-        if batch == 0:
-            due = [g for g in self.opt.param_groups if epoch > g["warm_up"]]
-            if due:
-                self.opt.em_step(due)
-
-    def after_step(self, step: int) -> None:
-        """Samples at the cycle ends; a sparsity row at every epoch end."""
-        self.collector(step, self.model)
-        if step % self.per_epoch == 0 or step == self.total:
-            self.log.write(step / self.per_epoch, step, self.model, self.opt)
-
-    def finish(self, evaluate: Callable[[list[nn.Module]], dict[str, Any]]) -> dict[str, Any]:
-        """BMA metrics over the kept samples (``evaluate(modules)``), saved to ``RUN/bma.json``."""
-        self.log.close()
-        if not self.collector.samples:
-            return {}
-        res = {"bma_samples": len(self.collector.samples), "sample_steps": self.collector.taken,
-               **evaluate(self.collector.modules(self.model))}
-        if D.is_main():
-            (self.log.path.parent / "bma.json").write_text(json.dumps(res, indent=2))
-        return res

@@ -30,11 +30,12 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from . import distributed as D
-from . import kefan as KF
+from . import kefan_run as KF
 from .builders import build_loader, build_optimizer, eval_sharded, load_data, make_run_dir
 from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import Config, config_from_dict, config_to_dict
 from .elbo import elbo_terms
+from .kefan import resolve_hparams
 from .models import get_model, model_spec
 from .priors import GaussianPrior
 from .runlog import RunLog
@@ -174,7 +175,7 @@ class _Trainer:
         self.last_ckpt = (self.step, self.run_dir / "checkpoint.pt") if ckpt else None
         self.kefan = KF.KeFanTraining(
             self.opt, self.base, self.base_lr,
-            KF.resolve_hparams(cfg.sghmc.preset, cycles=cfg.sghmc.cycles)["cycles"],
+            resolve_hparams(cfg.sghmc.preset, cycles=cfg.sghmc.cycles)["cycles"],
             cfg.sghmc.samples_per_cycle, self.per_epoch, self.total, self.run_dir,
             ckpt["step"] if ckpt else None) if sghmc else None
         if self.main and ckpt is None:

@@ -15,17 +15,20 @@ from torch import nn
 from bayescale.config import load_config
 from bayescale.kefan import (
     PRESETS,
-    KeFanTraining,
-    SampleCollector,
     SGHMCSpikeSlab,
     layer_sparsity,
-    load_samples,
     posterior_temperature,
     resolve_hparams,
     sparsity,
     untempered_temperature,
 )
-from bayescale.kefan_plots import plot_sparsity, read_sparsity
+from bayescale.kefan_run import (
+    KeFanTraining,
+    SampleCollector,
+    load_samples,
+    plot_sparsity,
+    read_sparsity,
+)
 from bayescale.schedules import (
     cycle_sample_steps,
     cyclical_cosine,
@@ -437,3 +440,43 @@ def test_two_gloo_ranks_keep_bit_identical_parameters(tmp_path):
     # with a rank-dependent noise seed the ranks drift apart: the check above can fail
     assert not all(torch.equal(a, b) for a, b in zip(r0["rank_seed"], r1["rank_seed"],
                                                      strict=True))
+
+
+def test_build_optimizer_gives_conv_weights_their_own_thresholds():
+    from bayescale.builders import build_optimizer
+
+    cfg = load_config("mnist_sghmc_sparse")
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 3))
+    opt = build_optimizer(cfg.optim, net.parameters(), 1.0, sghmc=cfg.sghmc, num_train=100)
+    conv, rest = opt.param_groups
+    assert [p.dim() for p in conv["params"]] == [4]
+    assert (conv["soft_threshold"], conv["hard_threshold"]) == (0.06, 0.1)
+    assert (rest["soft_threshold"], rest["hard_threshold"]) == (0.017, 1e-3)
+    assert rest["group"] == conv["group"] == "cnn_fc" and rest["eps0"] == 0.1
+    assert rest["temperature"] == "untempered" and rest["num_train"] == 100
+
+
+@pytest.mark.dist
+def test_torchrun_two_workers_train_with_sghmc(tmp_path):
+    """The engine under DDP (2 gloo workers): pruning, samples and BMA; the engine's checkpoint
+    refuses to write when the ranks' parameter checksums differ."""
+    import os
+    import subprocess
+    import sys
+
+    from bayescale.checkpoint import load_checkpoint
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+           "-m", "bayescale", "train", "mnist_cnn_fc", *RUN, "train.epochs=3",
+           "train.scaling=weak", f"output.dir={tmp_path}", "output.name=ddp"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = tmp_path / "ddp"
+    ckpt = load_checkpoint(run / "checkpoint.pt")
+    assert ckpt["world_size"] == 2 and ckpt["param_checksums"][0] == ckpt["param_checksums"][1]
+    assert read_sparsity(run)[-1]["sparsity"] > 0.02
+    assert len(list((run / "samples").glob("sample_*.pt"))) == 4  # only rank 0 writes
+    assert json.loads((run / "bma.json").read_text())["test_count"] == 80
