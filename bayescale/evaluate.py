@@ -111,9 +111,9 @@ def load_inputs(path: str | Path, input_shape: tuple[int, ...]) -> Tensor:
         else:
             raise EvaluationError(f"{path}: unknown input format {suffix!r}; use .npy, .npz "
                                   "or .pt")
-    except (ValueError, OSError, RuntimeError) as err:
-        if isinstance(err, EvaluationError):
-            raise
+    except EvaluationError:
+        raise
+    except Exception as err:  # corrupt zip/pickle/npy: numpy and torch raise many types
         raise EvaluationError(f"{path} is not a readable {suffix} array file ({err}); save the "
                               "inputs with numpy.save / numpy.savez / torch.save") from err
     x = torch.as_tensor(arr) if isinstance(arr, np.ndarray | Tensor) else None

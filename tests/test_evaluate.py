@@ -7,6 +7,7 @@ on the same weight draws, and bad inputs must fail with exit code != 0 and leave
 
 from __future__ import annotations
 
+import argparse
 import csv
 import gzip
 import hashlib
@@ -220,6 +221,11 @@ def test_bad_inputs_fail_cleanly_and_write_nothing(evaluated, tmp_path, capsys):
     assert main(["predict", str(run_dir), "--input", str(tmp_path / "ok.npy"),
                  "--out", str(out)]) != 0
     assert "already exists" in capsys.readouterr().err and out.read_text() == "old"
+    (tmp_path / "junk.npy").write_bytes(b"not an array")
+    torch.save(argparse.Namespace(x=1), tmp_path / "code.pt")  # a pickle that is not plain data
+    for bad in ("junk.npy", "code.pt"):
+        with pytest.raises(EvaluationError, match="not a readable"):
+            predict_run(run_dir, tmp_path / "q.csv", inputs=tmp_path / bad)
     np.savez(tmp_path / "two.npz", a=np.zeros(3), b=np.zeros(3))
     with pytest.raises(EvaluationError, match="name the inputs 'x'"):
         predict_run(run_dir, tmp_path / "q.csv", inputs=tmp_path / "two.npz")
