@@ -334,7 +334,10 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
         c_prior, c_hess = _rho_coefs(g["temperature"], n, h, (b1, b2), tau)
         # rho <- rho - eta (T^2 C^3 eps tau + T C^1.5 xi_prev g - 1 / (tau N))
         d = torch.mul(xi, grad).mul_(c_hess)
-        d.addcmul_(tau, _as_tensor(c_prior, g["eps1"], extra, tau))
+        if extra is None and not isinstance(c_prior, Tensor):
+            d.add_(tau, alpha=c_prior * g["eps1"])
+        else:
+            d.addcmul_(tau, (extra + g["eps1"] if extra is not None else g["eps1"]) * c_prior)
         d.sub_(tau.reciprocal().div_(n))
         rho.add_(d, alpha=-eta)
         torch.sigmoid(rho, out=tau)
@@ -352,14 +355,6 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
         mask = self.hard_mask(p)
         if mask is not None:
             p.mul_(mask)
-
-
-def _as_tensor(c_prior: float | Tensor, eps1: float, extra: Tensor | None,
-               like: Tensor) -> Tensor:
-    """T^2 C^3 eps as a tensor broadcastable to ``like`` (eps = eps1 + extra)."""
-    eps: float | Tensor = eps1 if extra is None else extra + eps1
-    out = c_prior * eps
-    return out if isinstance(out, Tensor) else like.new_tensor(out)
 
 
 def _num(p: Tensor, grouping: str) -> int:
