@@ -246,7 +246,7 @@ def ood_metrics(scores_in: Tensor, scores_out: Tensor) -> dict[str, float]:
 # ------------------------------------------------------------------ selective prediction
 def _uncertainty_or_default(probs: Tensor, uncertainty: Tensor | None) -> Tensor:
     if uncertainty is None:
-        return 1.0 - probs.double().max(-1).values  # 1 - max prob (same ranking as -MSP)
+        return 1.0 - probs.detach().double().max(-1).values.cpu()  # same ranking as -MSP
     u = _check_scores(uncertainty, "uncertainty")
     if u.shape != probs.shape[:1]:
         raise ValueError(f"uncertainty must have shape ({probs.shape[0]},), got {tuple(u.shape)}")
