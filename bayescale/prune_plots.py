@@ -16,6 +16,8 @@ from torch import Tensor
 
 __all__ = ["plot_snr_distribution", "plot_accuracy_vs_sparsity"]
 
+_FLOOR = -6  # log10 SNR below this is drawn in the lowest bin
+
 
 def _pyplot():
     try:
@@ -43,12 +45,14 @@ def plot_snr_distribution(scores: Mapping[str, Tensor], path: str | Path,
         s = s.detach().reshape(-1).double()
         s = s[s > 0]
         if s.numel():
-            ax.hist(torch.log10(s).cpu().numpy(), bins=80, histtype="step", density=True,
+            # trained layers hold weights with mu ~ 1e-38 (inputs that are always 0): one bin
+            ax.hist(torch.log10(s).clamp_min(_FLOOR).cpu().numpy(), bins=80, histtype="step",
+                    density=True,
                     label=f"{name} ({s.numel():,})")
     for t in thresholds:
         if t > 0:
             ax.axvline(torch.log10(torch.tensor(float(t))).item(), color="k", ls=":", lw=0.8)
-    ax.set_xlabel("log10 SNR = log10(|mu| / sigma)")
+    ax.set_xlabel(f"log10 SNR = log10(|mu| / sigma)   (SNR < 1e{_FLOOR} shown at {_FLOOR})")
     ax.set_ylabel("density")
     ax.set_title("Signal-to-noise ratio of the Bayesian weights")
     ax.legend(fontsize=7)
