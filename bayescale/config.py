@@ -75,6 +75,8 @@ class TrainConfig:
                                      "otherwise cost page faults on every step)")
     log_every: int = _opt(10, "steps between training-metric rows")
     checkpoint_every: int = _opt(0, "steps between checkpoints (0: at each epoch end only)")
+    keep_checkpoints: int = _opt(2, "checkpoints kept (checkpoint.pt, checkpoint.1.pt, ...); a "
+                                    "corrupt newest one falls back to the previous")
     posterior_every: int = _opt(0, "steps between posterior-statistics snapshots (0: epochs)")
     progress: bool = _opt(True, "progress bar on rank 0")
 
@@ -301,7 +303,8 @@ def config_from_dict(d: dict[str, Any] | None) -> Config:
 
 def _check_values(cfg: Config) -> None:
     positive = {"train.batch_size": cfg.train.batch_size, "eval.samples": cfg.eval.samples,
-                "eval.batch_size": cfg.eval.batch_size, "train.log_every": cfg.train.log_every}
+                "eval.batch_size": cfg.eval.batch_size, "train.log_every": cfg.train.log_every,
+                "train.keep_checkpoints": cfg.train.keep_checkpoints}
     for key, v in positive.items():
         if v < 1:
             raise ConfigError(f"{key} must be >= 1, got {v}")

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from . import distributed as D
 from . import kefan_run as KF
 from .builders import build_loader, build_optimizer, eval_sharded, load_data, make_run_dir
-from .checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import CheckpointError, load_latest, rng_state, save_checkpoint, set_rng_state
 from .config import Config, config_from_dict, config_to_dict
 from .elbo import elbo_terms
 from .kefan import resolve_hparams
@@ -114,8 +114,8 @@ class _Trainer:
         self.main = self.rank == 0
         ckpt = None
         if resume is not None:
-            ckpt_path = resume / "checkpoint.pt" if resume.is_dir() else resume
-            ckpt = load_checkpoint(ckpt_path)
+            # the newest intact checkpoint (a damaged newest one falls back, with a warning)
+            ckpt_path, ckpt = load_latest(resume)
             _check_resume(ckpt, cfg, self.world)
             run_dir = ckpt_path.parent
         t, spec = cfg.train, model_spec(cfg.model.name)
@@ -198,12 +198,14 @@ class _Trainer:
             raise RuntimeError(f"the ranks' parameters differ (checksums {sums}); data-parallel "
                                "training is out of sync - report this as a bug")
         if self.main:
-            path = save_checkpoint(self.run_dir / "checkpoint.pt", {
+            state = {
                 "model": self.base.state_dict(), "optimizer": self.opt.state_dict(),
                 "step": self.step, "epoch": self.step / self.per_epoch,
                 "time_to_train": self.time_to_train, "rng": rngs, "world_size": self.world,
                 "config": config_to_dict(self.cfg), "model_name": self.cfg.model.name,
-                "num_train": self.num_train, "param_checksums": sums})
+                "num_train": self.num_train, "param_checksums": sums}
+            path = save_checkpoint(self.run_dir / "checkpoint.pt", state,
+                                   keep=self.cfg.train.keep_checkpoints)
             self.last_ckpt = (self.step, path)
         self.log.flush()
 

@@ -71,3 +71,25 @@ def test_malicious_pickle_is_refused_not_run(tmp_path, capsys):
     with pytest.raises(CheckpointError):
         load_checkpoint(raw)
     assert "pwned" not in capsys.readouterr().out
+
+
+def test_resume_falls_back_past_a_corrupt_newest_checkpoint(tmp_path):
+    from bayescale.train import train
+
+    cfg = {"model": {"name": "BNN_FC_flip"}, "data": {"name": "synthetic", "size": 256},
+           "train": {"steps": 8, "batch_size": 32, "progress": False, "checkpoint_every": 2,
+                     "keep_checkpoints": 3},
+           "eval": {"samples": 2, "every_epochs": 0}, "output": {"dir": str(tmp_path)}}
+    ref = train({**cfg, "output": {"dir": str(tmp_path), "name": "ref"}})
+    run = tmp_path / "ref"
+    assert [load_checkpoint(f)["step"] for f in checkpoint_files(run / "checkpoint.pt")] == [8, 6, 4]
+    # damage the final checkpoint; a resume must continue from step 6 and end where ref ended
+    path = run / "checkpoint.pt"
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+    final = torch.load(run / "model.pt", weights_only=True)
+    (run / "model.pt").unlink()
+    with pytest.warns(UserWarning, match="using checkpoint.1.pt"):
+        res = train({**cfg, "output": {"dir": str(tmp_path), "name": "ref"}}, resume=run)
+    assert res["steps"] == 8 == ref["steps"]
+    again = torch.load(run / "model.pt", weights_only=True)
+    assert all(torch.equal(final[k], again[k]) for k in final)
