@@ -5,8 +5,14 @@ import pickle
 import pytest
 import torch
 
-from bayescale.checkpoint import (CheckpointError, checkpoint_files, load_checkpoint, load_latest,
-                                  save_checkpoint, state_digest)
+from bayescale.checkpoint import (
+    CheckpointError,
+    checkpoint_files,
+    load_checkpoint,
+    load_latest,
+    save_checkpoint,
+    state_digest,
+)
 
 
 def _state(v: float) -> dict:
@@ -82,7 +88,8 @@ def test_resume_falls_back_past_a_corrupt_newest_checkpoint(tmp_path):
            "eval": {"samples": 2, "every_epochs": 0}, "output": {"dir": str(tmp_path)}}
     ref = train({**cfg, "output": {"dir": str(tmp_path), "name": "ref"}})
     run = tmp_path / "ref"
-    assert [load_checkpoint(f)["step"] for f in checkpoint_files(run / "checkpoint.pt")] == [8, 6, 4]
+    kept = checkpoint_files(run / "checkpoint.pt")
+    assert [load_checkpoint(f)["step"] for f in kept] == [8, 6, 4]
     # damage the final checkpoint; a resume must continue from step 6 and end where ref ended
     path = run / "checkpoint.pt"
     path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
