@@ -53,7 +53,8 @@ def run_study(config: str, workers: list[int], mode: str, out_dir: str | Path,
     """Train ``config`` (and its deterministic twin) on each worker count; return the CSV path.
 
     Every run goes through ``python -m torch.distributed.run --standalone`` (``torchrun``), with
-    ``train.scaling=mode`` and the cores of this machine split evenly over the workers.
+    ``train.scaling=mode`` and the cores of this machine split evenly over the workers (unless
+    ``train.threads`` is among the overrides).
     """
     if mode not in ("strong", "weak"):
         raise ValueError(f"--mode must be strong or weak, got {mode!r}")
@@ -69,11 +70,12 @@ def run_study(config: str, workers: list[int], mode: str, out_dir: str | Path,
             if run_dir.exists():
                 raise FileExistsError(f"{run_dir} holds an unfinished run; remove it or choose "
                                       "another output directory")
+            threads = ([] if any(o.startswith("train.threads=") for o in overrides or [])
+                       else [f"train.threads={max(1, cores // n)}"])
             cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
                    f"--nproc-per-node={n}", "-m", "bayescale", "train", config,
-                   *(overrides or []), *extra, f"train.scaling={mode}",
-                   f"train.threads={max(1, cores // n)}", f"output.dir={runs}",
-                   f"output.name={run_dir.name}", "train.progress=false"]
+                   *(overrides or []), *extra, f"train.scaling={mode}", *threads,
+                   f"output.dir={runs}", f"output.name={run_dir.name}", "train.progress=false"]
             print("[scale] " + shlex.join(cmd), flush=True)
             res = subprocess.run(cmd, capture_output=True, text=True)
             if res.returncode != 0:
