@@ -270,13 +270,14 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
     def spike_mask(self, p: Tensor) -> Tensor | None:
         """True where ``p``'s weights are under the spike (None: all under the slab)."""
         policy = next(g["group"] for g in self.param_groups if any(q is p for q in g["params"]))
-        return self._spike(p, _rule(policy, p))
+        return self._spike(p, _rule(policy, p), torch.bool)
 
-    def _spike(self, p: Tensor, rule: _Rule | None) -> Tensor | None:
+    def _spike(self, p: Tensor, rule: _Rule | None, dtype: torch.dtype) -> Tensor | None:
+        """The spike indicator broadcast (a view, no copy) to ``p``'s shape, as ``dtype``."""
         st = self.state.get(p, {})
         if rule is None or not st.get("any_spike", False):
             return None
-        return expand_group_mask(~st["slab"], p.shape, rule.estep)
+        return expand_group_mask((~st["slab"]).to(dtype), p.shape, rule.estep)
 
     # -- E-step and pruning ------------------------------------------------------------------
     @torch.no_grad()
@@ -325,32 +326,43 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
         return loss
 
     def _update(self, p: Tensor, g: dict[str, Any]) -> None:
+        """The spec's update, in place on the state (no weight-sized temporaries except the
+        1/sqrt(tau) of ``"untempered"``): xi_prev and tau serve as scratch before they are
+        redrawn / recomputed."""
         st = self.state[p]
         st["step"] += 1
         h, n, (b1, b2), eta = g["lr"], g["num_train"], g["betas"], g["eta"]
+        eps1, d_eps = g["eps1"], g["eps0"] - g["eps1"]
         grad, rho, tau, r, xi = p.grad, st["rho"], st["tau"], st["momentum"], st["noise"]
-        spike = self._spike(p, _rule(g["group"], p))
-        extra = None if spike is None else spike.to(p.dtype).mul_(g["eps0"] - g["eps1"])
-        c_prior, c_hess = _rho_coefs(g["temperature"], n, h, (b1, b2), tau)
+        spike = self._spike(p, _rule(g["group"], p), p.dtype)  # 0/1 view: eps = eps1 + spike d
+        untempered = g["temperature"] == "untempered"
         # rho <- rho - eta (T^2 C^3 eps tau + T C^1.5 xi_prev g - 1 / (tau N))
-        d = torch.mul(xi, grad).mul_(c_hess)
-        if extra is None and not isinstance(c_prior, Tensor):
-            d.add_(tau, alpha=c_prior * g["eps1"])
+        xi.mul_(grad)
+        if untempered:  # T^2 = k / (tau sqrt(h)): T^2 C^3 eps tau = k h eps, T C^1.5 = sqrt(kh/tau)
+            k = (1 - b1) * b2 / ((1 + b1**2) * n)
+            tau.rsqrt_()
+            xi.mul_(tau)
+            rho.add_(xi, alpha=-eta * math.sqrt(k * h)).sub_(eta * k * h * eps1)
+            if spike is not None:
+                rho.sub_(spike * (eta * k * h * d_eps))
+            tau.square_()  # 1 / tau
         else:
-            d.addcmul_(tau, (extra + g["eps1"] if extra is not None else g["eps1"]) * c_prior)
-        d.sub_(tau.reciprocal().div_(n))
-        rho.add_(d, alpha=-eta)
+            t = _spec_t(g["temperature"], n)
+            rho.add_(xi, alpha=-eta * t * h**0.75).add_(tau, alpha=-eta * t * t * h**1.5 * eps1)
+            if spike is not None:
+                rho.addcmul_(tau, spike, value=-eta * t * t * h**1.5 * d_eps)
+            tau.reciprocal_()
+        rho.add_(tau, alpha=eta / n)
         torch.sigmoid(rho, out=tau)
         xi.normal_(generator=self._gen(p.device))
         # r <- beta1 r - C^2 beta2 (g + eps w) + sqrt(2 + 2 beta1^2) C^1.5 T xi
-        r.mul_(b1).add_(grad, alpha=-h * b2).add_(p, alpha=-h * b2 * g["eps1"])
-        if extra is not None:
-            r.addcmul_(extra, p, value=-h * b2)
-        c_noise = _noise_coef(g["temperature"], n, h, (b1, b2), tau)
-        if isinstance(c_noise, Tensor):
-            r.addcmul_(xi, c_noise)
+        r.mul_(b1).add_(grad, alpha=-h * b2).add_(p, alpha=-h * b2 * eps1)
+        if spike is not None:
+            r.addcmul_(spike, p, value=-h * b2 * d_eps)
+        if untempered:  # sqrt(2 + 2 beta1^2) C^1.5 T = sqrt(2 (1 - beta1) beta2 h / (tau N))
+            r.addcmul_(xi, tau.rsqrt(), value=math.sqrt(2 * (1 - b1) * b2 * h / n))
         else:
-            r.add_(xi, alpha=c_noise)
+            r.add_(xi, alpha=math.sqrt(2 + 2 * b1**2) * h**0.75 * _spec_t(g["temperature"], n))
         p.addcmul_(tau, r)
         mask = self.hard_mask(p)
         if mask is not None:
@@ -363,27 +375,6 @@ def _num(p: Tensor, grouping: str) -> int:
 
 def _spec_t(temperature: float | str, n: int) -> float:
     return {"1/N": 1 / n, "1/sqrt(N)": n**-0.5}.get(temperature, temperature)  # type: ignore
-
-
-def _rho_coefs(temperature: float | str, n: int, h: float, betas: tuple[float, float],
-               tau: Tensor) -> tuple[float | Tensor, float | Tensor]:
-    """(T^2 C^3, T C^1.5) of the rho update; "untempered" puts T = untempered_temperature(tau)
-    (written in closed form, finite at h = 0)."""
-    if temperature == "untempered":
-        b1, b2 = betas
-        k = (1 - b1) * b2 / ((1 + b1**2) * n)
-        return (tau.reciprocal() * (k * h), tau.rsqrt() * math.sqrt(k * h))
-    t = _spec_t(temperature, n)
-    return t * t * h**1.5, t * h**0.75
-
-
-def _noise_coef(temperature: float | str, n: int, h: float, betas: tuple[float, float],
-                tau: Tensor) -> float | Tensor:
-    """sqrt(2 + 2 beta1^2) C^1.5 T; "untempered": sqrt(2 (1 - beta1) beta2 h / (tau N))."""
-    b1, b2 = betas
-    if temperature == "untempered":
-        return tau.rsqrt() * math.sqrt(2 * (1 - b1) * b2 * h / n)
-    return math.sqrt(2 + 2 * b1**2) * h**0.75 * _spec_t(temperature, n)
 
 
 @torch.no_grad()
