@@ -6,6 +6,7 @@ convention, ``bayesianize`` for any ``nn.Module``, and sampling control.
 
 from __future__ import annotations
 
+from .compact import compact, posterior_mean_model, structured_prune
 from .conv import BayesConv1d, BayesConv2d, BayesConv3d
 from .convert import DEFAULT_MAPPING, bayesianize
 from .elbo import (
@@ -16,6 +17,9 @@ from .elbo import (
     kl_weight_blundell,
     kl_weight_linear,
 )
+from .evaluate import evaluate_run, predict_run
+from .export import export_onnx, export_torchscript
+from .kefan import SGHMCSpikeSlab
 from .layers import ESTIMATORS, BayesianLayer, BayesLinear
 from .models import count_parameters, get_model, list_models, register_model
 from .priors import (
@@ -26,6 +30,10 @@ from .priors import (
     ScaleMixturePrior,
     moped,
 )
+from .pruning import apply_masks, bprune_table, masks_from_scores, prune, remove_masks, snr_scores
+from .quickstart import run_pipeline
+from .report import write_report
+from .runs import load_run
 from .sampling import bayesian_layers, fixed_sample, mean_weights
 from .uncertainty import (
     RegressionPrediction,
@@ -74,6 +82,26 @@ __all__ = [
     "decompose",
     "predictive_entropy",
     "mutual_information",
+    # evaluation and reports
+    "evaluate_run",
+    "predict_run",
+    "write_report",
+    "run_pipeline",
+    "load_run",
+    # pruning, compaction, deployment
+    "snr_scores",
+    "masks_from_scores",
+    "apply_masks",
+    "remove_masks",
+    "prune",
+    "bprune_table",
+    "structured_prune",
+    "compact",
+    "posterior_mean_model",
+    "export_torchscript",
+    "export_onnx",
+    # the Ke & Fan optimizer
+    "SGHMCSpikeSlab",
     # model zoo
     "get_model",
     "list_models",
