@@ -6,7 +6,7 @@ convention, ``bayesianize`` for any ``nn.Module``, and sampling control.
 
 from __future__ import annotations
 
-from .compact import compact, posterior_mean_model, structured_prune
+from .compact import posterior_mean_model, structured_prune
 from .conv import BayesConv1d, BayesConv2d, BayesConv3d
 from .convert import DEFAULT_MAPPING, bayesianize
 from .elbo import (
@@ -96,7 +96,6 @@ __all__ = [
     "prune",
     "bprune_table",
     "structured_prune",
-    "compact",
     "posterior_mean_model",
     "export_torchscript",
     "export_onnx",
