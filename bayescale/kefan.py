@@ -26,9 +26,10 @@ h^1.5 T^2``, hence
     T_post = 1  <=>  T = sqrt((1 - beta1) beta2 / ((1 + beta1^2) tau N sqrt(h)))
 
 (:func:`untempered_temperature`). So the notebooks' ``T = N^-1/2`` has the right ``N``-scaling but
-is untempered only where ``tau sqrt(h) = 0.89`` (beta = (0.1, 1)); at ``h = 0.01``, ``tau ~ 1`` it
-samples at T_post ~ 0.11, colder still as ``h`` anneals; the CIFAR scripts' ``T = 1/N`` is close
-to plain SGD with momentum. ``temperature="untempered"`` applies the formula per weight and step
+is untempered only where ``tau sqrt(h) = 0.89`` (beta = (0.1, 1)); at ``h = 0.01`` and ``tau`` in
+[0.5, 1] it samples at T_post = 0.06-0.11, colder still as ``h`` anneals; the CIFAR scripts'
+``T = 1/N`` is close to plain SGD with momentum. "The posterior" is that of the likelihood whose
+mean NLL gives ``g``: a mean MSE is the NLL of Gaussian noise of variance 1/2, not 1. ``temperature="untempered"`` applies the formula per weight and step
 (with the current ``tau``), so the chain targets ``p(w|D)`` at every ``h`` (tested on Bayesian
 linear regression); neglected, as in Chen et al.'s practical form: minibatch-gradient noise, the
 O(h) discretisation error, and the drift of ``tau`` when ``eta > 0``.

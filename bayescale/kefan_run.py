@@ -250,10 +250,11 @@ def plot_sparsity(run_dir: str | Path, out: str | Path | None = None) -> Path:
         raise ValueError(f"{run_dir}: sparsity.csv has no rows yet")
     epochs = [r["epoch"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(epochs, [r["sparsity"] for r in rows], "k-", lw=2, label="all parameters")
+    ax.plot(epochs, [r["sparsity"] for r in rows], "k-", lw=2, marker="o", ms=3,
+            label="all parameters")
     for key in rows[0]:
         if key.startswith("sparsity."):
-            ax.plot(epochs, [r[key] for r in rows], lw=1, label=key.split(".", 1)[1])
+            ax.plot(epochs, [r[key] for r in rows], lw=1, marker=".", label=key.split(".", 1)[1])
     ax.plot(epochs, [r["spike"] for r in rows], "k:", lw=1, label="under the spike")
     ax.set(xlabel="epoch", ylabel="fraction of weights", ylim=(-0.02, 1.02),
            title="Ke & Fan spike-and-slab: sparsity over training")
