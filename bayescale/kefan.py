@@ -29,10 +29,11 @@ h^1.5 T^2``, hence
 is untempered only where ``tau sqrt(h) = 0.89`` (beta = (0.1, 1)); at ``h = 0.01`` and ``tau`` in
 [0.5, 1] it samples at T_post = 0.06-0.11, colder still as ``h`` anneals; the CIFAR scripts'
 ``T = 1/N`` is close to plain SGD with momentum. "The posterior" is that of the likelihood whose
-mean NLL gives ``g``: a mean MSE is the NLL of Gaussian noise of variance 1/2, not 1. ``temperature="untempered"`` applies the formula per weight and step
-(with the current ``tau``), so the chain targets ``p(w|D)`` at every ``h`` (tested on Bayesian
-linear regression); neglected, as in Chen et al.'s practical form: minibatch-gradient noise, the
-O(h) discretisation error, and the drift of ``tau`` when ``eta > 0``.
+mean NLL gives ``g``: a mean MSE is the NLL of Gaussian noise of variance 1/2, not 1.
+``temperature="untempered"`` applies the formula per weight and step (with the current ``tau``),
+so the chain targets ``p(w|D)`` at every ``h`` (tested on Bayesian linear regression);
+neglected, as in Chen et al.'s practical form: minibatch-gradient noise, the O(h) discretisation
+error, and the drift of ``tau`` when ``eta > 0``.
 
 **Presets** (:data:`PRESETS`, spec §4.5; the three sets disagree, so each is named by its origin):
 ``"cifar_script"`` is the ``SGHMC_SPL_CNN.py`` constructor with T = 1/N as ``main_cifar*.py`` pass
