@@ -250,7 +250,9 @@ def mc_predict(
             homoscedastic with this sd (``likelihood="gaussian"``). If None, the model must
             output (N, 2) = (mean, log-variance) (``likelihood="heteroscedastic"``).
         samples_per_chunk: reserved for batching several weight draws into one forward; only
-            None or 1 is accepted (measured no faster on CPU: the forward is compute-bound).
+            None or 1 is accepted. Not implemented because it cannot pay off here: with the
+            default batch the forward is compute-bound and the whole per-draw overhead (weight
+            sampling) is a few percent (benchmarks/mc_predict_bench.py).
 
     Returns:
         classification: mean softmax probabilities (N, C) float32, or (T, N, C) with
@@ -262,8 +264,8 @@ def mc_predict(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if samples_per_chunk not in (None, 1):
-        raise ValueError(f"samples_per_chunk={samples_per_chunk} is not supported: one weight "
-                         "draw per forward is as fast on CPU; leave it None")
+        raise ValueError(f"samples_per_chunk={samples_per_chunk} is not supported (one weight "
+                         "draw per forward); leave it None and raise batch_size instead")
     if noise_std is not None and (task != "regression" or not noise_std > 0):
         raise ValueError(f"noise_std (> 0) applies to task='regression' only, got {noise_std!r} "
                          f"with task={task!r}")
