@@ -161,7 +161,16 @@ def _run_or_named_split(run: Run, name: str, split: str, data_root: str | None,
 def mc_sample_probs(model: torch.nn.Module, x: Tensor, num_samples: int, *,
                     batch_size: int = 1000, desc: str = "MC", progress: bool = True
                     ) -> tuple[Tensor, float]:
-    """Per-draw probabilities (T, N, C) and the seconds the T draws took (progress bar on)."""
+    """Per-draw probabilities (T, N, C) and the seconds the T draws took (progress bar on).
+
+    ``model`` may be a list of networks (weight samples collected by the Ke & Fan optimizer):
+    then each member is one draw and T = its length (Bayesian model averaging)."""
+    if isinstance(model, (list, tuple)):
+        with tqdm(total=len(model), desc=desc, disable=not progress, unit="draw") as bar:
+            probs, dt = timed_mc_predict(list(model), x, None, batch_size=batch_size,
+                                         return_samples=True)
+            bar.update(len(model))
+        return probs, dt
     stochastic = bool(bayesian_layers(model))
     step = max(1, math.ceil(num_samples / 20)) if stochastic else num_samples
     out: Tensor | None = None
@@ -299,19 +308,28 @@ def evaluate_run(run: str | Path | Run, num_samples: int = 100, *, ood: str | No
     test = run.data().test
     root = data_root if data_root is not None else run.config.data.root
     ood_set = _load_split(ood, "test", root, shape) if ood else None  # validated before work
+    # a run of the Ke & Fan optimizer that collected weight samples is averaged over them
+    collected = sorted((run.run_dir / "samples").glob("sample_*.pt"))
+    predictor: Any = run.model
+    if collected:
+        from .kefan_run import load_samples
+
+        predictor = load_samples(run.run_dir)
+        num_samples = len(predictor)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        samples, seconds = mc_sample_probs(run.model, test.x, num_samples, batch_size=batch_size,
+        samples, seconds = mc_sample_probs(predictor, test.x, num_samples, batch_size=batch_size,
                                            desc=f"MC test ({len(test)})", progress=progress)
         res = summarize(samples, test.y, num_bins)
         if ood_set is not None:
             ood_samples, ood_seconds = mc_sample_probs(
-                run.model, ood_set.x, num_samples, batch_size=batch_size,
+                predictor, ood_set.x, num_samples, batch_size=batch_size,
                 desc=f"MC OOD ({len(ood_set)})", progress=progress)
     arrays = res["arrays"]
     arrays["class_images"] = test.x[arrays["class_index"]]
-    bayesian = bool(bayesian_layers(run.model))
+    bayesian = bool(bayesian_layers(run.model)) or len(collected) > 1
     metrics: dict[str, Any] = {
+        "collected_samples": len(collected),
         "run": str(run.run_dir), "weights": str(run.weights), "model": run.config.model.name,
         "bayesian": bayesian, "data": run.config.data.name, "num_test": len(test),
         "num_samples": num_samples, "mc_passes": num_samples if bayesian else 1,

@@ -289,3 +289,40 @@ def test_make_fashion_mnist_small_script_is_reproducible(tmp_path):
         want = images[:9] if "images" in name else labels[:9]
         np.testing.assert_array_equal(read_idx(tmp_path / "a" / name), want)
         assert hashlib.md5(blob).hexdigest() in (tmp_path / "a" / "README.md").read_text()
+
+
+def test_evaluate_averages_the_samples_an_sghmc_run_collected(tmp_path):
+    """A Ke & Fan run's collected samples are the draws of `evaluate` (Bayesian model averaging)."""
+    import json
+
+    from bayescale.config import load_config
+    from bayescale.evaluate import evaluate_run
+    from bayescale.kefan_run import load_samples
+    from bayescale.train import train
+
+    cfg = load_config("mnist_cnn_fc", [
+        "data.name=synthetic", "data.size=300", "train.batch_size=32", "train.progress=false",
+        "train.threads=1", "optim.name=sghmc", "optim.lr=0.05", "sghmc.warm_up=0",
+        "sghmc.cycles=1", "sghmc.samples_per_cycle=3", "train.epochs=3",
+        f"output.dir={tmp_path}", "output.name=s"])
+    train(cfg)
+    run = tmp_path / "s"
+    members = load_samples(run)
+    m = evaluate_run(run, num_samples=50, progress=False)
+    assert m["collected_samples"] == len(members) == m["num_samples"] >= 2
+    bma = json.loads((run / "bma.json").read_text())
+    assert m["accuracy"] == pytest.approx(bma["test_acc"])
+    # the saved mean probabilities are the average of the members' softmax outputs
+    import numpy as np
+
+    saved = np.load(run / "eval" / "predictions.npz")
+    x = load_run_data_x(run)
+    with torch.no_grad():
+        ref = torch.stack([torch.softmax(s(x), -1) for s in members]).mean(0)
+    np.testing.assert_allclose(saved["probs"], ref.numpy(), atol=1e-6)
+
+
+def load_run_data_x(run):
+    from bayescale.runs import load_run
+
+    return load_run(run).data().test.x
