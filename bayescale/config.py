@@ -302,6 +302,11 @@ def config_from_dict(d: dict[str, Any] | None) -> Config:
 
 
 def _check_values(cfg: Config) -> None:
+    name = cfg.output.name
+    if name is not None and (name in ("", ".", "..") or "/" in name or "\\" in name
+                             or "\0" in name):
+        raise ConfigError(f"output.name must be a plain directory name (no '/', '..' or '\\'), "
+                          f"got {name!r}; put the parent directory in output.dir")
     positive = {"train.batch_size": cfg.train.batch_size, "eval.samples": cfg.eval.samples,
                 "eval.batch_size": cfg.eval.batch_size, "train.log_every": cfg.train.log_every,
                 "train.keep_checkpoints": cfg.train.keep_checkpoints}
