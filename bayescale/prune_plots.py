@@ -19,6 +19,18 @@ __all__ = ["plot_snr_distribution", "plot_accuracy_vs_sparsity"]
 _FLOOR = -6  # log10 SNR below this is drawn in the lowest bin
 
 
+
+def _save_close(fig, path: str | Path) -> Path:
+    """Write ``fig`` to ``path`` (parents created) and free it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
 def _pyplot():
     try:
         import matplotlib
@@ -56,12 +68,7 @@ def plot_snr_distribution(scores: Mapping[str, Tensor], path: str | Path,
     ax.set_ylabel("density")
     ax.set_title("Signal-to-noise ratio of the Bayesian weights")
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_close(fig, path)
 
 
 def plot_accuracy_vs_sparsity(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
@@ -84,9 +91,4 @@ def plot_accuracy_vs_sparsity(rows: Sequence[Mapping[str, Any]], path: str | Pat
     ax.set_title("Accuracy against pruning")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save_close(fig, path)
