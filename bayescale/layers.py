@@ -29,7 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .priors import PosteriorInit, Prior, resolve_init, resolve_prior, softplus_inverse
+from .priors import (GaussianPrior, PosteriorInit, Prior, resolve_init, resolve_prior,
+                     softplus_inverse)
 
 __all__ = ["ESTIMATORS", "BayesianLayer", "BayesLinear"]
 
@@ -104,6 +105,7 @@ class BayesianLayer(nn.Module):
         else:
             self.bias = nn.Parameter(torch.empty(bias_shape, **factory))
         self._mode = "sample"
+        self._kl_cache: tuple[Tensor, tuple, list] | None = None  # (KL, key, live), last forward
         self._fixed_eps: tuple[Tensor, Tensor | None] | None = None
         # Pruning mask (bool, True = kept), a persistent buffer set only by set_weight_mask; the
         # plain flag keeps the unmasked forward free of buffer lookups.
@@ -167,8 +169,13 @@ class BayesianLayer(nn.Module):
         """KL(q || p) summed over this layer's Bayesian weights (and bias, if Bayesian).
 
         Pruned weights (``weight_mask`` False) are removed from the model and from the KL.
+        After a training forward the weight KL it computed is used once (same parameters, same
+        prior, same grad mode), so sigma is not computed twice per step.
         """
-        if self._masked:
+        cached, self._kl_cache = self._kl_cache, None
+        if cached is not None and cached[2] and cached[1] == self._kl_key() and not self._masked:
+            kl = cached[0]
+        elif self._masked:
             kl = self.prior.kl(self.weight_mu[self.weight_mask],
                                self.weight_sigma[self.weight_mask])
         else:
@@ -202,13 +209,38 @@ class BayesianLayer(nn.Module):
             return self._op(x, self.weight_mu, self._bias_mean())
         if self._mode == "fixed":
             return self._forward_fixed(x)
-        if self.estimator == "reparam":
+        mu = self.weight_mu
+        if self._fuse_kl():
+            # A training forward: sigma (or W) and the KL in one fused op; kl() reuses this KL.
+            rho = self.weight_rho
+            if self.init.rho_max is not None:
+                rho = rho.clamp(max=self.init.rho_max)
+            out, kl = self.prior.posterior_and_kl(mu, rho, self.estimator == "reparam")
+            live = [True]  # cleared once backward has run through the fused op (graph freed)
+            kl.grad_fn.register_hook(lambda *_: live.clear())
+            self._kl_cache = (kl, self._kl_key(), live)
+            if self.estimator == "reparam":
+                return self._op(x, out, self._bias_sample())
+            sigma = out
+        else:
             sigma = self.weight_sigma
-            weight = torch.addcmul(self.weight_mu, sigma, torch.randn_like(sigma))
-            return self._op(x, weight, self._bias_sample())
+            if self.estimator == "reparam":
+                weight = torch.addcmul(mu, sigma, torch.randn_like(sigma))
+                return self._op(x, weight, self._bias_sample())
         if self.estimator == "flipout":
-            return self._forward_flipout(x, self.weight_mu, self.weight_sigma)
-        return self._forward_local(x, self.weight_mu, self.weight_sigma)
+            return self._forward_flipout(x, mu, sigma)
+        return self._forward_local(x, mu, sigma)
+
+    def _fuse_kl(self) -> bool:
+        """Fuse sigma and the KL in a gradient-recording forward under a Gaussian prior."""
+        return (torch.is_grad_enabled() and isinstance(self.prior, GaussianPrior)
+                and (self.weight_mu.requires_grad or self.weight_rho.requires_grad)
+                and not torch.compiler.is_compiling())
+
+    def _kl_key(self) -> tuple:
+        """What the cached KL depends on: parameter versions, grad mode and the prior."""
+        return (self.weight_mu._version, self.weight_rho._version, torch.is_grad_enabled(),
+                id(self.prior), self.init.rho_max)
 
     def _forward_masked(self, x: Tensor) -> Tensor:
         """Forward of a pruned layer: W = m * (mu + sigma * eps), exactly 0 where m = 0."""

@@ -69,11 +69,59 @@ class GaussianPrior:
         """sum_j [log(s / sigma_j) + (sigma_j^2 + (mu_j - m)^2) / (2 s^2) - 1/2]."""
         return _GaussianKL.apply(mu, sigma, self.mean, self.std)
 
+    def posterior_and_kl(self, mu: Tensor, rho: Tensor, sample: bool) -> tuple[Tensor, Tensor]:
+        """(W = mu + softplus(rho) * eps, KL) if ``sample`` else (softplus(rho), KL), fused."""
+        return _PosteriorAndKL.apply(mu, rho, self.mean, self.std, sample)
+
     def log_prob(self, w: Tensor) -> Tensor:
         return -0.5 * ((w - self.mean) / self.std).square() - math.log(self.std) - _HALF_LOG_2PI
 
     def __repr__(self) -> str:
         return f"GaussianPrior(mean={self.mean:g}, std={self.std:g})"
+
+
+def _gaussian_kl_value(mu: Tensor, sigma: Tensor, mean: float, std: float) -> Tensor:
+    diff = mu - mean if mean != 0.0 else mu
+    quad = torch.linalg.vector_norm(sigma).square() + torch.linalg.vector_norm(diff).square()
+    return quad / (2.0 * std**2) - torch.log(sigma).sum() + mu.numel() * (math.log(std) - 0.5)
+
+
+class _PosteriorAndKL(torch.autograd.Function):
+    """(W, KL) or (sigma, KL) from (mu, rho) with sigma = softplus(rho), one pass each way.
+
+    The training forward of a layer needs sigma (and, for reparam, W = mu + sigma * eps) and the
+    ELBO needs KL(q || N(m, s^2)); computing both here shares softplus(rho) and folds the three
+    gradient paths into one backward:
+        d/dmu  = dL/dW + g_kl (mu - m) / s^2
+        d/drho = (dL/dW * eps + g_kl (sigma / s^2 - 1 / sigma)) * sigmoid(rho)
+    (for the sigma output, dL/dsigma replaces dL/dW * eps and mu gets only the KL term).
+    """
+
+    @staticmethod
+    def forward(ctx, mu: Tensor, rho: Tensor, mean: float, std: float, sample: bool):
+        sigma = torch.nn.functional.softplus(rho)
+        kl = _gaussian_kl_value(mu, sigma, mean, std)
+        ctx.mean, ctx.std, ctx.sample = mean, std, sample
+        if sample:
+            eps = torch.randn_like(sigma)
+            ctx.save_for_backward(mu, rho, sigma, eps)
+            return torch.addcmul(mu, sigma, eps), kl
+        ctx.save_for_backward(mu, rho, sigma)
+        return sigma, kl
+
+    @staticmethod
+    def backward(ctx, g_out: Tensor, g_kl: Tensor):
+        mu, rho, sigma, *eps = ctx.saved_tensors
+        c = g_kl / ctx.std**2
+        d_sigma = torch.addcdiv(sigma * c, g_kl, sigma, value=-1.0)  # g_kl (sigma/s^2 - 1/sigma)
+        diff = mu - ctx.mean if ctx.mean != 0.0 else mu
+        if ctx.sample:
+            d_sigma.addcmul_(g_out, eps[0])
+            grad_mu = torch.addcmul(g_out, diff, c)
+        else:
+            d_sigma.add_(g_out)
+            grad_mu = diff * c
+        return grad_mu, d_sigma.mul_(torch.sigmoid(rho)), None, None, None
 
 
 class _GaussianKL(torch.autograd.Function):
@@ -85,9 +133,7 @@ class _GaussianKL(torch.autograd.Function):
     def forward(ctx, mu: Tensor, sigma: Tensor, mean: float, std: float) -> Tensor:
         ctx.save_for_backward(mu, sigma)
         ctx.mean, ctx.std = mean, std
-        diff = mu - mean if mean != 0.0 else mu
-        quad = (torch.linalg.vector_norm(sigma).square() + torch.linalg.vector_norm(diff).square())
-        return quad / (2.0 * std**2) - torch.log(sigma).sum() + mu.numel() * (math.log(std) - 0.5)
+        return _gaussian_kl_value(mu, sigma, mean, std)
 
     @staticmethod
     def backward(ctx, grad: Tensor):

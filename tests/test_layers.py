@@ -169,6 +169,55 @@ def test_kl_is_sum_over_weights_and_bias():
     torch.testing.assert_close(layer.kl(), expected)
 
 
+@pytest.mark.parametrize("estimator", bayescale.ESTIMATORS)
+@pytest.mark.parametrize("init", ["tutorial", "tfp_vgg"])
+def test_fused_training_forward_equals_unfused_autograd(estimator, init, monkeypatch):
+    """A training forward computes sigma and the KL in one fused op with a hand-written backward;
+    loss and every gradient must equal plain autograd through softplus + the KL formula."""
+    prior = bayescale.GaussianPrior(0.3, 0.7)
+
+    def run(fused: bool):
+        torch.manual_seed(3)
+        layer = bayescale.BayesLinear(7, 5, estimator=estimator, prior=prior, init=init)
+        with torch.no_grad():
+            layer.weight_rho.uniform_(-4.0, 1.0)  # some entries above tfp_vgg's rho cap
+        if not fused:
+            monkeypatch.setattr(layer, "_fuse_kl", lambda: False)
+        x = torch.randn(9, 7)
+        torch.manual_seed(4)
+        loss = layer(x).sin().sum() + 0.37 * layer.kl()
+        loss.backward()
+        return loss.detach(), [p.grad for p in layer.parameters()], layer
+
+    loss_f, grads_f, layer = run(True)
+    loss_u, grads_u, _ = run(False)
+    torch.testing.assert_close(loss_f, loss_u, rtol=1e-12, atol=1e-12)
+    for gf, gu in zip(grads_f, grads_u):
+        torch.testing.assert_close(gf, gu, rtol=1e-10, atol=1e-12)
+    assert layer._kl_cache is None  # consumed by kl()
+
+
+def test_fused_kl_is_reused_once_and_never_stale():
+    layer = _linear("flipout")
+    x = torch.randn(3, 6)
+    layer(x)
+    cached = layer._kl_cache[0]
+    assert layer.kl() is cached  # the forward's KL, not a recomputation
+    layer(x)
+    with torch.no_grad():
+        layer.weight_mu.add_(0.5)  # parameters changed after the forward: recompute
+    expected = _kl_ref(layer.weight_mu, layer.weight_sigma, layer.prior)
+    torch.testing.assert_close(layer.kl(), expected)
+    # Backward through the NLL alone frees the fused op's graph; a later KL backward still works.
+    layer.zero_grad()
+    layer(x).sum().backward()
+    layer.kl().backward()
+    assert torch.isfinite(layer.weight_rho.grad).all()
+    with torch.no_grad():  # no fused op (and no cache) without gradient recording
+        layer(x)
+    assert layer._kl_cache is None
+
+
 def _kl_ref(mu, sigma, prior):
     from oracles import gaussian_kl_naive
 
