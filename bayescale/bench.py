@@ -107,6 +107,25 @@ def summary(times: Sequence[float]) -> dict[str, float]:
     }
 
 
+RESULTS_ENV = "BAYESCALE_RESULTS_DIR"
+
+
+def results_path(name: str) -> Path:
+    """Where a benchmark writes ``name``: ``$BAYESCALE_RESULTS_DIR`` if set (the quick suite of
+    benchmarks/run_all.py), else the repository's ``benchmarks/results/`` (the README's runs)."""
+    root = os.environ.get(RESULTS_ENV) or Path(__file__).resolve().parents[1] / "benchmarks" / \
+        "results"
+    return Path(root) / name
+
+
+def figures_path(name: str) -> Path:
+    """Where a benchmark draws figure ``name``: ``$BAYESCALE_RESULTS_DIR/figures`` if set, else
+    the README's ``docs/figures/``."""
+    if os.environ.get(RESULTS_ENV):
+        return Path(os.environ[RESULTS_ENV]) / "figures" / name
+    return Path(__file__).resolve().parents[1] / "docs" / "figures" / name
+
+
 def write_json(path: str | Path, record: dict[str, Any]) -> Path:
     """Write one result record as indented JSON (atomically: temp file + rename)."""
     path = Path(path)

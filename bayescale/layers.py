@@ -29,8 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .priors import (GaussianPrior, PosteriorInit, Prior, resolve_init, resolve_prior,
-                     softplus_inverse)
+from .priors import (
+    GaussianPrior,
+    PosteriorInit,
+    Prior,
+    resolve_init,
+    resolve_prior,
+    softplus_inverse,
+)
 
 __all__ = ["ESTIMATORS", "BayesianLayer", "BayesLinear"]
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from bayescale.bench import provenance, write_json
+from bayescale.bench import provenance, results_path, write_json
 from bayescale.checkpoint import CheckpointError, load_latest
 
 STEPS = 6000
@@ -122,7 +122,7 @@ def main() -> None:
                "final_bit_identical": identical, "step_log_continuous": log_continuous,
                "reference_run_s": ref_s}
     print(summary)
-    print("wrote", write_json(Path(__file__).parent / "results" / "crash.json",
+    print("wrote", write_json(results_path("crash.json"),
                               {"benchmark": "crash", "provenance": provenance(
                                   {**vars(a), "config": CONFIG}),
                                "results": {**summary, **res}}))

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 import bayescale
-from bayescale.bench import provenance, summary, time_interleaved, write_json
+from bayescale.bench import provenance, results_path, summary, time_interleaved, write_json
 from bayescale.data import load_dataset
 from bayescale.loader import CropFlip, TensorLoader
 from bayescale.models import get_model
@@ -83,7 +83,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--steps-per-round", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="benchmarks/results/data_pipeline.json")
+    p.add_argument("--out", default=str(results_path("data_pipeline.json")))
     return p.parse_args()
 
 

@@ -35,12 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from bayescale.bench import provenance, summary, time_interleaved, write_json
+from bayescale.bench import provenance, results_path, summary, time_interleaved, write_json
 from bayescale.kefan import SGHMCSpikeSlab, sparsity
 from bayescale.kefan_run import SampleCollector
 from bayescale.schedules import cyclical_cosine_kefan
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 # ----------------------------------------------------------------- regression (spec §4.8)
@@ -132,7 +130,7 @@ def run_regression(args: argparse.Namespace) -> None:
     out = {"provenance": provenance(cfg), "runs": runs,
            "test_mse_mean": statistics.fmean(mses),
            "test_mse_std": statistics.pstdev(mses) if len(mses) > 1 else 0.0}
-    path = write_json(RESULTS / f"kefan_regression{args.tag}.json", out)
+    path = write_json(results_path(f"kefan_regression{args.tag}.json"), out)
     print(f"wrote {path}")
 
 
@@ -173,7 +171,7 @@ def run_steptime(args: argparse.Namespace) -> None:
            "optimizer_step_only": {k: summary(v) for k, v in opt_only.items()},
            "target_ratio_le_1.3": all(r <= 1.3 for r in ratio.values())}
     print({k: f"{v['median_s'] * 1e3:.1f} ms" for k, v in res.items()}, ratio)
-    print(f"wrote {write_json(RESULTS / f'kefan_steptime{args.tag}.json', out)}")
+    print(f"wrote {write_json(results_path(f'kefan_steptime{args.tag}.json'), out)}")
 
 
 # ----------------------------------------------------------------- MNIST
@@ -298,7 +296,7 @@ def run_mnist(args: argparse.Namespace) -> None:
                      "accuracy_loss_le_1pt": sp["accuracy_loss_points_last"] <= 1.0}
     cfg = {"suite": "mnist", "epochs": epochs, "threads": args.threads, "mc_samples": args.mc,
            "rounds": args.rounds, "configs": configs}
-    path = write_json(RESULTS / f"kefan_mnist{args.tag}.json", {"provenance": provenance(cfg),
+    path = write_json(results_path(f"kefan_mnist{args.tag}.json"), {"provenance": provenance(cfg),
                                                                "results": res})
     print(json.dumps({k: {m: v for m, v in r.items() if not isinstance(v, dict | list)}
                       for k, r in res.items()}, indent=1))

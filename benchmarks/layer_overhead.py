@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import bayescale
-from bayescale.bench import provenance, summary, time_interleaved, write_json
+from bayescale.bench import provenance, results_path, summary, time_interleaved, write_json
 
 
 def mlp() -> nn.Module:
@@ -96,7 +96,7 @@ def main() -> None:
     p.add_argument("--fused-adam", action="store_true", help="Adam(fused=True) for both sides")
     p.add_argument("--system-malloc", action="store_true",
                    help="keep glibc's default allocator thresholds (no re-exec)")
-    p.add_argument("--out", default="benchmarks/results/layer_overhead.json")
+    p.add_argument("--out", default=str(results_path("layer_overhead.json")))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

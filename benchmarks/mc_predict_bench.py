@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 import bayescale
-from bayescale.bench import provenance, summary, write_json
+from bayescale.bench import provenance, results_path, summary, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from layer_overhead import MALLOC_ENV, conv  # noqa: E402  (same net (b) as the train benchmark)
@@ -230,7 +230,7 @@ def main() -> None:
     p.add_argument("--skip-timing", action="store_true")
     p.add_argument("--merge", action="store_true",
                    help="keep the rows of other archs already in --out (run archs separately)")
-    p.add_argument("--out", default="benchmarks/results/mc_predict.json")
+    p.add_argument("--out", default=str(results_path("mc_predict.json")))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()  # the machine is shared: other jobs skew absolute times

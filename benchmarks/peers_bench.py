@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import bayescale
-from bayescale.bench import provenance, summary, time_interleaved, write_json
+from bayescale.bench import provenance, results_path, summary, time_interleaved, write_json
 
 sys.path.insert(0, str(Path(__file__).parent))
 from layer_overhead import ARCHS, MALLOC_ENV, _reexec_with_malloc_env  # noqa: E402
@@ -136,7 +136,7 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--samples", type=int, default=20, help="MC samples T")
-    p.add_argument("--out", default="benchmarks/results/peers.json")
+    p.add_argument("--out", default=str(results_path("peers.json")))
     a = p.parse_args()
     _peers()
     torch.set_num_threads(a.threads)

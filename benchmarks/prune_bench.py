@@ -33,7 +33,7 @@ from torch import nn
 import bayescale
 from bayescale import compact as C
 from bayescale import pruning as P
-from bayescale.bench import provenance, summary, time_interleaved, write_json
+from bayescale.bench import provenance, results_path, summary, time_interleaved, write_json
 from bayescale.data import load_dataset
 from bayescale.metrics import accuracy, heldout_log_likelihood
 from bayescale.runs import load_run
@@ -41,8 +41,6 @@ from bayescale.uncertainty import mc_predict
 
 sys.path.insert(0, str(Path(__file__).parent))
 from trained import trained_run  # noqa: E402
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def _mc_metrics(model: nn.Module, x: torch.Tensor, y: torch.Tensor, samples: int) -> dict:
@@ -179,7 +177,7 @@ def main() -> None:
     results = suite(a)
     config = dict(vars(a))
     command = "python benchmarks/prune_bench.py " + " ".join(sys.argv[1:])
-    path = RESULTS / f"prune_{a.suite}.json"
+    path = results_path(f"prune_{a.suite}.json")
     record = json.loads(path.read_text()) if path.is_file() else {"results": {}}
     for entry in results.values():  # entries of earlier commands stay, each with its own
         entry.update(command=command, provenance=provenance(config))

@@ -6,9 +6,11 @@
     python benchmarks/run_all.py --full                               # the README's sizes
 
 The default ("suite") sizes are smaller than the README's full runs (fewer rounds, steps and
-epochs) so the whole set finishes in about half an hour; ``--full`` uses the commands written
-under each README table. Each script writes its JSON with provenance to benchmarks/results/;
-then benchmarks/tables.py rewrites the tables. Benchmarks run one at a time (timings on a
+epochs) so the whole set finishes in about half an hour. They write their JSON with provenance
+(and figures) under ``bench_out/suite/`` (``$BAYESCALE_RESULTS_DIR``) and the tables to
+``bench_out/suite/TABLES.md``, leaving the README's results alone. ``--full`` uses the commands
+written under each README table, writes to benchmarks/results/ and docs/figures/, then
+benchmarks/tables.py rewrites the README's tables. Benchmarks run one at a time (timings on a
 shared 2-core machine are meaningless otherwise). Data-dependent entries are skipped, with a
 note, when ``--data-root`` does not hold the data they need; the peers entry needs the
 ``peers`` extra (``pip install -c constraints.txt -e ".[peers]"``).
@@ -18,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+SUITE_DIR = HERE.parent / "bench_out" / "suite"
 
 
 def suite(data: str, cifar: str, full: bool) -> dict[str, tuple[list[str], str | None]]:
@@ -84,6 +88,9 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown entries {sorted(unknown)}; "
                          f"choose from {list(entries)}")
+    env = dict(os.environ)
+    if not a.full:
+        env["BAYESCALE_RESULTS_DIR"] = str(SUITE_DIR)
     report = []
     for name, (args, need) in entries.items():
         if (a.only and name not in a.only) or name in a.skip:
@@ -99,12 +106,15 @@ def main() -> None:
             continue
         print(f"[run_all] {name}: {' '.join(cmd)}", flush=True)
         t0 = time.perf_counter()
-        rc = subprocess.run(cmd, cwd=HERE.parent).returncode
+        rc = subprocess.run(cmd, cwd=HERE.parent, env=env).returncode
         dt = time.perf_counter() - t0
         report.append((name, "ok" if rc == 0 else f"failed ({rc})", "", dt))
     if a.list:
         return
-    subprocess.run([sys.executable, str(HERE / "tables.py")], cwd=HERE.parent, check=False)
+    tables = [] if a.full else ["--results", str(SUITE_DIR), "--summary",
+                                str(SUITE_DIR / "TABLES.md")]
+    subprocess.run([sys.executable, str(HERE / "tables.py"), *tables], cwd=HERE.parent,
+                   check=False)
     print("\n[run_all] summary")
     for name, status, why, dt in report:
         print(f"  {name:18s} {status:12s} {dt / 60:6.1f} min  {why}")

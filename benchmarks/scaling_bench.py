@@ -35,12 +35,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from bayescale import perfmodel as P
-from bayescale.bench import provenance, write_json
+from bayescale.bench import figures_path, provenance, results_path, write_json
 from bayescale.models import get_model
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
-FIGS = ROOT / "docs" / "figures"
 SIZES = [4096, 65536, 524288, 2**21, 2**23, 2**24]
 
 
@@ -156,7 +154,7 @@ def main() -> None:
                                                               if r["efficiency"] < 0.5), None)}
     out["extrapolation"] = {"workers": workers, "curves": extra}
     _figures(fits, extra, workers)
-    path = write_json(RESULTS / "scaling.json", {"benchmark": "scaling", "provenance":
+    path = write_json(results_path("scaling.json"), {"benchmark": "scaling", "provenance":
                                                  provenance(vars(a)), "results": out})
     print("wrote", path)
 
@@ -167,7 +165,7 @@ def _figures(fits: dict, curves: dict, workers: list[int]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    FIGS.mkdir(parents=True, exist_ok=True)
+    figures_path("x").parent.mkdir(parents=True, exist_ok=True)
     f = P.SEED_FIGURES
     fig, ax = plt.subplots(figsize=(4.8, 3.6))
     ax.plot([1, 8], [1, 8], "k--", lw=1, label="ideal")
@@ -181,7 +179,7 @@ def _figures(fits: dict, curves: dict, workers: list[int]) -> None:
     ax.legend(fontsize=6.5)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(FIGS / "scaling_seed_fit.png", dpi=110)
+    fig.savefig(figures_path("scaling_seed_fit.png"), dpi=110)
     plt.close(fig)
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
     for ax, mode in zip(axes, ("strong", "global-batch"), strict=True):
@@ -202,7 +200,7 @@ def _figures(fits: dict, curves: dict, workers: list[int]) -> None:
     axes[0].set_ylabel("modelled efficiency")
     axes[0].legend(fontsize=6.5)
     fig.tight_layout()
-    fig.savefig(FIGS / "scaling_extrapolation.png", dpi=110)
+    fig.savefig(figures_path("scaling_extrapolation.png"), dpi=110)
     plt.close(fig)
 
 

@@ -2,6 +2,7 @@
 
     python benchmarks/tables.py            # rewrite every table between its README markers
     python benchmarks/tables.py --check    # exit 1 if the README is out of date
+    python benchmarks/tables.py --results DIR --summary DIR/TABLES.md   # tables of another run
 
 Each table lives between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` in README.md; the
 prose around it is written by hand. A table whose JSON is missing is left as it is.
@@ -18,8 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RES = ROOT / "benchmarks" / "results"
 README = ROOT / "README.md"
+RES = ROOT / "benchmarks" / "results"  # --results changes it
 
 
 def _load(name: str) -> dict | None:
@@ -189,12 +190,34 @@ def render(text: str) -> tuple[str, list[str]]:
     return text, done
 
 
+def summary(text: str) -> str:
+    """Only the tables, each under its README heading (for a results folder not the README's)."""
+    rendered, done = render(text)
+    parts = [f"# Benchmark tables from {RES}\n"]
+    for name in done:
+        m = re.search(rf"<!-- bench:{name} -->\n(.*?)\n<!-- /bench:{name} -->", rendered, re.S)
+        heads = re.findall(r"^#+ .*$", rendered[: m.start()], re.M)
+        parts.append(f"## {name}" + (f" ({heads[-1].lstrip('# ')})" if heads else "") + "\n\n"
+                     + m.group(1) + "\n")
+    return "\n".join(parts)
+
+
 def main() -> None:
+    global RES
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--check", action="store_true", help="only check the README is up to date")
+    p.add_argument("--results", type=Path, default=RES, help="folder of the JSON results")
+    p.add_argument("--summary", type=Path,
+                   help="write the tables to this file instead of rewriting the README")
     a = p.parse_args()
+    RES = a.results
     old = README.read_text()
+    if a.summary:
+        a.summary.parent.mkdir(parents=True, exist_ok=True)
+        a.summary.write_text(summary(old))
+        print("wrote", a.summary)
+        return
     new, done = render(old)
     if a.check:
         sys.exit(0 if new == old else 1)

@@ -22,9 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bayescale.bench import provenance, write_json
-
-RESULTS = Path(__file__).parent / "results"
+from bayescale.bench import provenance, results_path, write_json
 
 
 def _run(args: list[str], launcher: list[str] | None = None) -> str:
@@ -143,7 +141,7 @@ def main() -> None:
     p.add_argument("--extra", nargs="*", default=[], help="more key=value overrides (ddp)")
     a = p.parse_args()
     rows = {"mnist": mnist, "cifar": cifar, "ddp": ddp}[a.suite](a)
-    path = write_json(RESULTS / f"train_{a.suite}.json",
+    path = write_json(results_path(f"train_{a.suite}.json"),
                       {"benchmark": f"train_{a.suite}", "provenance": provenance(vars(a)),
                        "results": rows})
     print("wrote", path)

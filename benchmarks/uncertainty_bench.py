@@ -18,6 +18,7 @@ information is 0 for every input: its MI AUROC is 0.5 by construction). Writes
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,7 @@ from pathlib import Path
 import torch
 
 from bayescale import plots
-from bayescale.bench import provenance, write_json
+from bayescale.bench import figures_path, provenance, results_path, write_json
 from bayescale.datasets import MNIST_CLASSES
 from bayescale.evaluate import evaluate_run, load_predictions
 
@@ -33,8 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from trained import trained_run  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results" / "uncertainty_mnist.json"
-FIGURES = ROOT / "docs" / "figures"
 WORK = ROOT / "bench_out" / "uncertainty"
 MODELS = {  # config -> (model, twin of)
     "mnist_bnn_conv_flip": ("BNN_conv_flip", None),
@@ -48,14 +47,15 @@ def _figures(config: str, model: str, run_dir: Path, out_dir: Path) -> list[str]
     """The PNGs of one model (BNNs: all four; twins: reliability and histograms)."""
     p = load_predictions(out_dir / "predictions.npz")
     stem = f"uncertainty_{model}"
-    made = [plots.plot_reliability(p, FIGURES / f"{stem}_reliability.png"),
-            plots.plot_uncertainty_histograms(p, FIGURES / f"{stem}_ood_hist.png",
+    made = [plots.plot_reliability(p, figures_path(f"{stem}_reliability.png")),
+            plots.plot_uncertainty_histograms(p, figures_path(f"{stem}_ood_hist.png"),
                                               "Fashion-MNIST")]
     if model.startswith("BNN"):
-        made += [plots.plot_posterior_convergence(run_dir, FIGURES / f"{stem}_fig3_posterior.png"),
-                 plots.plot_true_class_draws(p, FIGURES / f"{stem}_fig4_mc_draws.png",
+        made += [plots.plot_posterior_convergence(run_dir,
+                                                  figures_path(f"{stem}_fig3_posterior.png")),
+                 plots.plot_true_class_draws(p, figures_path(f"{stem}_fig4_mc_draws.png"),
                                              MNIST_CLASSES)]
-    return [str(m.relative_to(ROOT)) for m in made]
+    return [os.path.relpath(m, ROOT) for m in made]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> None:
                             "threads": args.threads, "ood": "fashion-mnist (test, 10000)",
                             "in_distribution": "mnist (test, 10000)", "num_bins": 15,
                             "seed_mc": 0, "command": " ".join(["python", *sys.argv])})}
-    print("wrote", write_json(RESULTS, record))
+    print("wrote", write_json(results_path("uncertainty_mnist.json"), record))
 
 
 if __name__ == "__main__":
