@@ -115,7 +115,7 @@ def _train(args: argparse.Namespace) -> int:
             for note in notes:
                 print(f"[flagfile] {note}", file=sys.stderr)
             cfg = config_from_dict(apply_overrides(base, overrides))
-        elif args.resume and config is None:
+        elif args.resume and args.resume != "auto" and config is None:
             saved = Path(args.resume)
             saved = (saved if saved.is_dir() else saved.parent) / "config.yaml"
             if not saved.is_file():
@@ -135,12 +135,13 @@ def _train(args: argparse.Namespace) -> int:
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return 0
     from .checkpoint import CheckpointError
+    from .distributed import CollectiveError
     from .train import TrainingDiverged
 
     try:
         result = train(cfg, resume=args.resume)
-    except (CheckpointError, TrainingDiverged, FileNotFoundError, FileExistsError,
-            ValueError) as err:
+    except (CheckpointError, TrainingDiverged, CollectiveError, FileNotFoundError,
+            FileExistsError, ValueError) as err:
         print(f"bayescale train: {type(err).__name__}: {err}", file=sys.stderr)
         return 1
     final = result["final_eval"]
@@ -275,14 +276,22 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train with the ELBO; data-parallel when launched with several processes "
                     "(torchrun/srun/mpirun). Writes config.yaml, metrics.jsonl, train.csv, "
-                    "eval.csv, timing.csv, posterior/ and checkpoint.pt to the run directory.",
+                    "eval.csv, timing.csv, posterior/ and checkpoint.pt to the run directory.\n\n"
+                    "Surviving worker failures: `torchrun --max-restarts=3 --nproc-per-node=N -m "
+                    "bayescale train CONFIG output.name=NAME --resume auto` restarts the group "
+                    "after a worker dies and continues from the newest intact checkpoint; a "
+                    "worker that stops responding makes the others exit with an error after "
+                    "dist.timeout_s seconds.",
         epilog="shipped configs: " + ", ".join(shipped_configs()) + "\n\noptions "
                "(set in the YAML file or as key=value):\n" + describe_options())
     t.add_argument("config", nargs="?", help="YAML file or shipped config name")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=1e-3 "
                    "train.epochs=2")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue a run exactly from its "
-                   "checkpoint (config taken from RUN_DIR/config.yaml unless given)")
+                   "checkpoint (config taken from RUN_DIR/config.yaml unless given); 'auto': "
+                   "continue output.dir/output.name if it holds a checkpoint, else start it "
+                   "there - for `torchrun --max-restarts=N`, which relaunches the same command "
+                   "after a worker dies (needs a fixed output.name)")
     t.add_argument("--flagfile", metavar="CFG", help="the seed tutorial's absl flagfile "
                    "(CNN_BNN_Model.py / CIFAR10_BNN.py flags), translated")
     t.add_argument("--print-config", action="store_true", help="print the resolved config "

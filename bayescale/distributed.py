@@ -5,6 +5,11 @@ MPI launchers (``mpirun``/``aprun``): rank and size come from the launcher's env
 rendezvous address is ``MASTER_ADDR``/``MASTER_PORT`` (torchrun sets them; under SLURM the first
 host of the allocation and a port derived from the job id are used when they are unset).
 gloo on CPU, NCCL on GPU. Only rank 0 writes files (:func:`is_main`).
+
+Faults: a collective that outlives ``timeout_s`` (a worker stopped, hung or unreachable) or whose
+peer vanished (a worker crashed or was killed) raises in the surviving workers; :func:`explain`
+turns gloo's/NCCL's low-level error into a :class:`CollectiveError` that names the cause and the
+fix, and :func:`abandon` drops the broken group without the barrier :func:`teardown` would wait in.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["DistEnv", "detect_env", "setup", "teardown", "is_main", "world_size", "rank",
-           "available_cores", "tune_malloc", "AllReduceTimer", "all_reduce_sum", "broadcast_object"]
+           "available_cores", "tune_malloc", "AllReduceTimer", "all_reduce_sum", "broadcast_object",
+           "CollectiveError", "explain", "abandon"]
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,25 @@ def _rendezvous_env(e: DistEnv) -> None:
         os.environ["MASTER_PORT"] = str(20000 + int(job) % 20000 if job.isdigit() else 29500)
 
 
+def _elastic_store(e: DistEnv, timeout: datetime.timedelta) -> dist.Store | None:
+    """The torchrun agent's store, namespaced by restart, when the workers share it.
+
+    torchrun (torch >= 2.4, c10d rendezvous) keeps one TCPStore for all restarts of a group and
+    the workers' default ``env://`` set-up adds no per-attempt namespace, so a restarted worker
+    can read the previous attempt's gloo/NCCL addresses and fail with "connectFullMesh failed ...
+    Connection refused" (3 of 4 restarts here, torch 2.13; pytorch/pytorch#135712). Keys
+    are put under ``TORCHELASTIC_RESTART_COUNT``, which every worker of one agent shares (with
+    several agents whose membership changes between restarts, export
+    ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1`` instead). ``None``: let ``env://`` do it.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]),
+                          e.world_size, is_master=False, timeout=timeout)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return dist.PrefixStore(f"bayescale/attempt_{attempt}/", store)
+
+
 def setup(backend: str = "auto", device: str = "auto", threads: int | None = None,
           timeout_s: int = 1800, malloc_tuning: bool = True) -> tuple[DistEnv, torch.device]:
     """Initialise the process group when launched with several processes; pick the device.
@@ -155,8 +180,9 @@ def setup(backend: str = "auto", device: str = "auto", threads: int | None = Non
         if backend == "nccl" and dev.type != "cuda":
             raise RuntimeError("dist.backend=nccl needs CUDA; use dist.backend=gloo on CPU")
         _rendezvous_env(e)
-        dist.init_process_group(backend, rank=e.rank, world_size=e.world_size,
-                                timeout=datetime.timedelta(seconds=timeout_s),
+        timeout = datetime.timedelta(seconds=timeout_s)
+        dist.init_process_group(backend, rank=e.rank, world_size=e.world_size, timeout=timeout,
+                                store=_elastic_store(e, timeout),
                                 device_id=dev if dev.type == "cuda" else None)
     return e, dev
 
@@ -168,6 +194,54 @@ def teardown() -> None:
         if dist.get_world_size() > 1:
             dist.barrier()
         dist.destroy_process_group()
+
+
+class CollectiveError(RuntimeError):
+    """A collective operation failed: a peer stopped responding (timeout) or disappeared."""
+
+
+# Substrings of the backends' messages (gloo transport, c10d store, NCCL watchdog), lower case.
+_TIMEOUT = ("timed out", "timeout")
+_BACKEND = ("gloo", "nccl", "c10d", "processgroup")
+_LOST = ("connection closed by peer", "connection reset by peer", "broken pipe",
+         "socket closed", "connection refused", "no route to host")
+
+
+def explain(err: BaseException, timeout_s: float, where: str = "") -> CollectiveError | None:
+    """The clear error for a failed collective, or ``None`` when ``err`` is something else.
+
+    Only meaningful in a group of several workers; ``where`` says what this worker was doing
+    (e.g. ``"at step 120"``).
+    """
+    if isinstance(err, CollectiveError):
+        return err
+    if world_size() < 2 or not isinstance(err, RuntimeError):
+        return None
+    text = str(err).lower()
+    if not (isinstance(err, dist.DistError) or any(k in text for k in _BACKEND)):
+        return None
+    me = f"worker {rank()} of {world_size()}" + (f" {where}" if where else "")
+    if any(k in text for k in _LOST):
+        return CollectiveError(
+            f"a peer worker disappeared during a collective ({me}): it crashed or was killed, or "
+            "its node went down. Check that worker's log; under `torchrun --max-restarts=N` with "
+            "`--resume auto` the group restarts from the last checkpoint")
+    if any(k in text for k in _TIMEOUT):
+        return CollectiveError(
+            f"collective timed out after {timeout_s:g} s ({me}): another worker stopped "
+            "responding (stopped, hung, swapped out, or its node is unreachable). Check the other "
+            "workers and nodes; if a step or checkpoint write legitimately takes longer, raise "
+            f"dist.timeout_s (now {timeout_s:g})")
+    return None
+
+
+def abandon() -> None:
+    """Drop a process group whose peers may be gone (no barrier: it could never complete)."""
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - best effort on a broken group
+            pass
 
 
 def world_size() -> int:

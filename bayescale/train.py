@@ -11,6 +11,12 @@ One loop for one process and for many (``torch.distributed``, see :mod:`bayescal
 * held-out evaluation with MC prediction, sharded over ranks and summed;
 * rank 0 writes the run directory (:mod:`bayescale.runlog`) and atomic checkpoints;
   ``resume`` continues exactly (model, optimizer, step, every rank's RNG state);
+* ``resume="auto"`` continues ``output.dir/output.name`` if it holds a checkpoint, else starts it:
+  the same command line then survives ``torchrun --max-restarts=N`` restarts of the whole group
+  after a worker dies (and requeued batch jobs); each resume is logged to ``resumes.jsonl``;
+* a collective that times out (``dist.timeout_s``: a worker stopped responding) or loses a peer
+  raises :class:`~bayescale.distributed.CollectiveError` naming the cause and the fix, and the
+  process exits without waiting on the broken group;
 * a non-finite loss or gradient stops the run with :class:`TrainingDiverged`; the last good
   checkpoint is left untouched.
 """
@@ -18,7 +24,10 @@ One loop for one process and for many (``torch.distributed``, see :mod:`bayescal
 from __future__ import annotations
 
 import contextlib
+import json
 import math
+import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +41,14 @@ from tqdm.auto import tqdm
 from . import distributed as D
 from . import kefan_run as KF
 from .builders import build_loader, build_optimizer, eval_sharded, load_data, make_run_dir
-from .checkpoint import CheckpointError, load_latest, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import (
+    CheckpointError,
+    checkpoint_files,
+    load_latest,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from .config import Config, config_from_dict, config_to_dict
 from .elbo import elbo_terms
 from .kefan import resolve_hparams
@@ -78,6 +94,27 @@ def _check_resume(ckpt: dict, cfg: Config, world: int) -> None:
         raise CheckpointError(f"cannot resume: the checkpoint was written by {ckpt['world_size']} "
                               f"worker(s), this launch has {world}; an exact resume needs the "
                               "same number of workers (every rank's noise stream is saved)")
+
+
+def _auto_resume(cfg: Config) -> Path | None:
+    """``resume="auto"``: the run directory ``output.dir/output.name`` if rank 0 finds a
+    checkpoint there (every rank follows rank 0's decision), else ``None`` (start the run)."""
+    if not cfg.output.name:
+        raise ValueError("--resume auto needs a fixed run directory so that a restarted launch "
+                         "finds it: set output.name=NAME (and output.dir)")
+    run = Path(cfg.output.dir) / cfg.output.name
+    found = any(p.exists() for p in checkpoint_files(run / "checkpoint.pt"))
+    return run if D.broadcast_object(found) else None
+
+
+def _note_resume(run_dir: Path, path: Path, step: int) -> None:
+    """Rank 0: say where the run continues and append it to ``resumes.jsonl``."""
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+    row = {"step": step, "checkpoint": path.name, "restart_count": restart, "time": time.time()}
+    with (run_dir / "resumes.jsonl").open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    print(f"bayescale train: resuming {run_dir} at step {step} from {path.name}"
+          + (f" (torchrun restart {restart})" if restart else ""), file=sys.stderr, flush=True)
 
 
 def _sync(device: torch.device) -> None:
@@ -170,8 +207,12 @@ class _Trainer:
         else:  # per-rank weight-noise stream
             torch.manual_seed(t.seed * 1_000_003 + 7919 * (self.rank + 1))
         self.run_dir = make_run_dir(cfg, run_dir, resume is not None)
-        self.log = RunLog(self.run_dir, self.main, ckpt["step"] if ckpt else None,
+        # a fresh start drops the rows of an earlier attempt that died before its first
+        # checkpoint (resume="auto" into an existing directory); a resume drops rows past its step
+        self.log = RunLog(self.run_dir, self.main, ckpt["step"] if ckpt else -1,
                           cfg.output.tensorboard)
+        if self.main and ckpt is not None:
+            _note_resume(self.run_dir, ckpt_path, ckpt["step"])
         self.last_ckpt = (self.step, self.run_dir / "checkpoint.pt") if ckpt else None
         self.kefan = KF.KeFanTraining(
             self.opt, self.base, self.base_lr,
@@ -197,6 +238,7 @@ class _Trainer:
         if len(set(sums)) != 1:
             raise RuntimeError(f"the ranks' parameters differ (checksums {sums}); data-parallel "
                                "training is out of sync - report this as a bug")
+        self.log.flush()  # the step log up to this step is on disk before a checkpoint claims it
         if self.main:
             state = {
                 "model": self.base.state_dict(), "optimizer": self.opt.state_dict(),
@@ -207,7 +249,6 @@ class _Trainer:
             path = save_checkpoint(self.run_dir / "checkpoint.pt", state,
                                    keep=self.cfg.train.keep_checkpoints)
             self.last_ckpt = (self.step, path)
-        self.log.flush()
 
     def evaluate(self, epoch: float, extra: dict[str, Any]) -> dict[str, Any]:
         e = self.cfg.eval
@@ -336,24 +377,37 @@ def train(cfg: Config | dict, *, resume: str | Path | None = None, data: Any = N
 
     Args:
         cfg: the run configuration.
-        resume: a run directory (or checkpoint file) to continue exactly.
+        resume: a run directory (or checkpoint file) to continue exactly, or ``"auto"``:
+            continue ``output.dir/output.name`` from its newest intact checkpoint if it has one,
+            else start it there (what ``torchrun --max-restarts=N`` restarts need).
         data: a :class:`~bayescale.datasets.TensorSplit` to use instead of ``cfg.data``.
         run_dir: write here instead of ``output.dir/output.name``.
 
     Raises:
         TrainingDiverged: the loss or gradient became NaN/Inf (last checkpoint kept).
         CheckpointError: ``resume`` points at a missing, corrupt or incompatible checkpoint.
+        CollectiveError: a collective timed out (``dist.timeout_s``) or lost a peer worker.
     """
     if isinstance(cfg, dict):
         cfg = config_from_dict(cfg)
     created = not (dist.is_available() and dist.is_initialized())
     _, device = D.setup(cfg.dist.backend, cfg.train.device, cfg.train.threads,
                         cfg.dist.timeout_s, cfg.train.malloc_tuning)
+    broken, trainer = False, None
     try:
+        if isinstance(resume, str) and resume == "auto":
+            resume = _auto_resume(cfg)
         trainer = _Trainer(cfg, device, Path(resume) if resume is not None else None, data,
                            Path(run_dir) if run_dir is not None else None)
         return trainer.run()
+    except RuntimeError as err:
+        where = f"at step {trainer.step + 1}" if trainer is not None else "while starting"
+        clear = D.explain(err, cfg.dist.timeout_s, where)
+        if clear is None:
+            raise
+        broken = True
+        raise clear from err
     finally:
         if created:
             with contextlib.suppress(Exception):
-                D.teardown()
+                D.abandon() if broken else D.teardown()
