@@ -5,12 +5,15 @@
 
 1. ``bayescale scale`` (weak scaling, one thread per worker, BNN_conv_flip and its CNN twin on the
    embedded mnist-small): measured step time, all-reduce time, efficiency at 1 and 2 workers.
-2. Two independent single-thread runs side by side: the machine's ceiling without communication
-   (the two workers share memory bandwidth and caches).
+2. A co-location probe (the engine's step on a fixed batch, one thread per worker): one worker
+   alone, two independent workers side by side, and two workers in lockstep (a barrier before
+   every step, as DDP imposes, but no gradients exchanged). The lockstep / alone ratio is what
+   sharing this node's cores, caches and memory bandwidth costs a worker, apart from the
+   all-reduce; on a cluster with one worker per node it is 1.
 3. A gloo all-reduce micro-benchmark (2 processes, 4 KB - 16 MB) fitted to alpha + m/beta.
 4. The model's prediction of the 2-worker efficiency from measured inputs only (1-worker compute
-   time and its CV, contention from step 2, alpha/beta from step 3, gradient bytes), compared
-   with the measurement of step 1.
+   time and its CV, the lockstep factor of step 2, alpha/beta from step 3, gradient bytes),
+   compared with the measurement of step 1.
 5. The fit to the seed README's Fig-1/Fig-2 (both variants), and the extrapolation to 1,024
    workers on Aries / InfiniBand HDR / 100 GbE with and without bf16 gradient compression.
 
@@ -76,6 +79,64 @@ def allreduce_micro(reps: int = 30) -> dict[int, float]:
     return res
 
 
+def _colocated_worker(rank: int, world: int, port: int, steps: int, bayesian: bool,
+                      lockstep: bool, q) -> None:
+    """One worker of the co-location probe: the engine's step (forward, ELBO, backward, Adam) on
+    a fixed batch, one thread; with ``lockstep`` every step starts at a barrier, as in DDP, but no
+    gradient is communicated. Reports the median step time without the barrier wait."""
+    from bayescale import elbo_loss
+    from bayescale.distributed import tune_malloc
+
+    tune_malloc()
+    torch.set_num_threads(1)
+    if world > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(rank)
+    model = get_model("BNN_conv_flip", bayesian=bayesian)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    times = []
+    for _ in range(steps):
+        if lockstep:
+            dist.barrier()
+        t0 = time.perf_counter()
+        loss = elbo_loss(model(x), y, model, 60000)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    q.put((rank, statistics.median(times[steps // 5:])))
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+def colocation_probe(bayesian: bool, steps: int) -> dict[str, float]:
+    """Compute time per step of one worker alone, of two independent workers side by side, and
+    of two workers in lockstep (a barrier per step, no gradients exchanged): what sharing this
+    node's cores, caches and memory bandwidth costs a data-parallel worker, measured apart from
+    the all-reduce."""
+    ctx = mp.get_context("spawn")
+    out = {}
+    for name, world, lockstep in (("solo", 1, False), ("independent_pair", 2, False),
+                                  ("lockstep_pair", 2, True)):
+        q = ctx.Queue()
+        port = 29500 + os.getpid() % 1000 + 7 * len(out)
+        procs = [ctx.Process(target=_colocated_worker,
+                             args=(r, world if lockstep else 1, port, steps, bayesian, lockstep, q))
+                 for r in range(world)]
+        for p in procs:
+            p.start()
+        res = [q.get(timeout=900)[1] for _ in procs]
+        for p in procs:
+            p.join()
+        out[name] = statistics.fmean(res)
+    out["independent_factor"] = out["independent_pair"] / out["solo"]
+    out["lockstep_factor"] = out["lockstep_pair"] / out["solo"]
+    return out
+
+
 def _steps(run_dir: Path, warmup: int = 20) -> tuple[list[float], list[float]]:
     rows = list(csv.DictReader((run_dir / "timing.csv").open()))[warmup:]
     return [float(r["batch_time_s"]) for r in rows], [float(r["allreduce_s"]) for r in rows]
@@ -85,6 +146,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=300, help="steps per worker (weak scaling)")
+    ap.add_argument("--probe-steps", type=int, default=150,
+                    help="steps per co-location probe run (solo, independent pair, lockstep pair)")
     a = ap.parse_args()
     common = ["data.name=mnist-small", f"train.steps={a.steps}", "eval.every_epochs=0",
               "eval.samples=1", "train.checkpoint_every=100000", "train.threads=1"]
@@ -99,24 +162,17 @@ def main() -> None:
         out["measured"] = measured
         steps = {(r["label"], int(r["workers"])): _steps(study / "runs" / f"{r['label']}-w"
                                                           f"{r['workers']}") for r in measured}
-        # the machine's ceiling: two independent 1-thread runs at once
-        solo = []
-        procs = [subprocess.Popen([sys.executable, "-m", "bayescale", "train",
-                                   "mnist_bnn_conv_flip", *common, f"output.dir={tmp}",
-                                   f"output.name=solo{i}", "train.progress=false"],
-                                  stdout=subprocess.DEVNULL) for i in range(2)]
-        for i, p in enumerate(procs):
-            p.wait()
-            solo.append(statistics.median(_steps(Path(tmp) / f"solo{i}")[0]))
     micro = allreduce_micro()
     ic = P.fit_latency_bandwidth(list(micro), list(micro.values()), 2)
     out["allreduce_micro_s"] = {str(k): v for k, v in micro.items()}
     out["localhost_gloo"] = {"latency_s": ic.latency_s, "bandwidth_Bps": ic.bandwidth_Bps}
-    # slow-down of one worker when a second one runs beside it (no communication)
-    contention = statistics.fmean(solo) / statistics.median(steps[("BNN", 1)][0])
-    out["contention"] = {"solo_pair_median_step_s": solo, "factor": contention}
+    # what sharing the node costs one worker, apart from communication (co-location probe)
+    probes = {label: colocation_probe(bayes, a.probe_steps)
+              for label, bayes in (("BNN", True), ("CNN", False))}
+    out["colocation"] = probes
     pred_rows = {}
     for label, bayes in (("BNN", True), ("CNN", False)):
+        contention = probes[label]["lockstep_factor"]
         one = steps[(label, 1)][0]
         t1, cv = statistics.median(one), statistics.pstdev(one) / statistics.fmean(one)
         nbytes = P.Workload.gradient_bytes(get_model("BNN_conv_flip", bayesian=bayes))

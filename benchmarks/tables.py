@@ -64,11 +64,12 @@ def train_mnist(d: dict) -> str:
         accs = [x["test_acc"] for x in r["runs"]]
         met = None if t is None else (f"{sum(a >= t for a in accs)} of {len(accs)} seeds"
                                       if r["test_acc_mean"] >= t else "**no** (mean)")
-        rows.append([f"`{name}`", f"{100 * r['test_acc_mean']:.2f}% ({100 * r['test_acc_min']:.2f}"
+        rows.append([f"`{name}`", str(r["runs"][0]["eval_samples"]),
+                     f"{100 * r['test_acc_mean']:.2f}% ({100 * r['test_acc_min']:.2f}"
                      f"–{100 * r['test_acc_max']:.2f})", f"{r['test_nll_mean']:.3f}",
                      f"{r['epoch_time_median_s']:.1f}", f"≥ {100 * t:.1f}%" if t else "—",
                      met or "—"])
-    return _table(["model", "test accuracy, mean (min–max)", "test NLL (nats)",
+    return _table(["model", "MC draws", "test accuracy, mean (min–max)", "test NLL (nats)",
                    "s / epoch (median)", "target", "met"], rows) + _stamp(d)
 
 
@@ -117,7 +118,7 @@ def scaling(d: dict) -> str:
         rows.append([label, 2, f"{v['predicted_step2_s'] * 1e3:.1f} ms",
                      f"{v['predicted_allreduce_s'] * 1e3:.2f} ms",
                      f"{v['predicted_efficiency']:.2f} (error {v['error_points']:+.1f} points)",
-                     "modelled"])
+                     f"modelled (node-sharing factor {v['contention']:.3f}, measured)"])
     return _table(["model", "workers", "median step", "all-reduce", "efficiency", "source"],
                   rows) + _stamp(d)
 

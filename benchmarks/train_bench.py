@@ -80,8 +80,9 @@ def _seeds(a: argparse.Namespace, pairs: tuple[tuple[str, str], ...], extra: lis
 
 
 def mnist(a: argparse.Namespace) -> dict:
+    extra = [f"eval.samples={a.eval_samples}"] if a.eval_samples else []
     return _seeds(a, (("BNN_conv_flip", "mnist_bnn_conv_flip"), ("CNN_conv", "mnist_cnn_conv"),
-                      ("BNN_FC_flip", "mnist_bnn_fc_flip"), ("CNN_FC", "mnist_cnn_fc")), [])
+                      ("BNN_FC_flip", "mnist_bnn_fc_flip"), ("CNN_FC", "mnist_cnn_fc")), extra)
 
 
 def cifar(a: argparse.Namespace) -> dict:
@@ -139,12 +140,24 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--models", nargs="*", help="only these rows (default: all)")
     p.add_argument("--extra", nargs="*", default=[], help="more key=value overrides (ddp)")
+    p.add_argument("--eval-samples", type=int,
+                   help="mnist: MC weight samples of the final evaluation (default: the config's)")
     a = p.parse_args()
     rows = {"mnist": mnist, "cifar": cifar, "ddp": ddp}[a.suite](a)
-    path = write_json(results_path(f"train_{a.suite}.json"),
-                      {"benchmark": f"train_{a.suite}", "provenance": provenance(vars(a)),
-                       "results": rows})
-    print("wrote", path)
+    path = results_path(f"train_{a.suite}.json")
+    prov = provenance(vars(a))
+    record = {"benchmark": f"train_{a.suite}", "provenance": prov, "results": rows}
+    if a.models and path.is_file():  # a partial rerun replaces its rows and keeps the others
+        old = json.loads(path.read_text())
+        for name, row in old["results"].items():
+            if name not in rows:
+                row.setdefault("provenance", old["provenance"])
+                rows[name] = row
+        record["results"] = {k: rows[k] for k in [*old["results"], *rows] if k in rows}
+    for row in rows.values():
+        if isinstance(row, dict):
+            row.setdefault("provenance", prov)
+    print("wrote", write_json(path, record))
 
 
 if __name__ == "__main__":
