@@ -9,6 +9,7 @@ from __future__ import annotations
 from .compact import posterior_mean_model, structured_prune
 from .conv import BayesConv1d, BayesConv2d, BayesConv3d
 from .convert import DEFAULT_MAPPING, bayesianize
+from .distributed import CollectiveError
 from .elbo import (
     ELBOTerms,
     elbo_loss,
@@ -106,4 +107,6 @@ __all__ = [
     "list_models",
     "register_model",
     "count_parameters",
+    # training faults
+    "CollectiveError",
 ]

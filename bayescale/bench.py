@@ -134,3 +134,15 @@ def write_json(path: str | Path, record: dict[str, Any]) -> Path:
     tmp.write_text(json.dumps(record, indent=2, sort_keys=False) + "\n")
     os.replace(tmp, path)
     return path
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live descendant process id of ``pid`` (Linux /proc; [] elsewhere), e.g. the workers
+    under a ``torchrun`` agent for fault-injection benchmarks and tests."""
+    kids = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            kids += [int(k) for k in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return kids + [g for k in kids for g in descendants(k)]

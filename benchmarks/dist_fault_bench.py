@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from bayescale.bench import provenance, write_json
+from bayescale.bench import descendants, provenance, results_path, write_json
 from bayescale.checkpoint import CheckpointError, load_latest
 
 PER_WORKER = 3000  # steps per worker (6000 single-worker steps, strong scaling over 2)
@@ -78,7 +78,7 @@ class Launch:
     def workers(self, attempt: int) -> dict[int, int]:
         """{rank: pid} of the workers of restart ``attempt`` (children of the agent)."""
         found = {}
-        for pid in _descendants(self.proc.pid):
+        for pid in descendants(self.proc.pid):
             try:
                 env = dict(kv.split("=", 1) for kv in Path(f"/proc/{pid}/environ")
                            .read_text().split("\0") if "=" in kv)
@@ -98,14 +98,6 @@ class Launch:
         return {}
 
 
-def _descendants(pid: int) -> list[int]:
-    kids = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            kids += [int(k) for k in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return kids + [g for k in kids for g in _descendants(k)]
 
 
 def _ckpt_step(run: Path) -> int | None:
@@ -241,7 +233,7 @@ def main() -> None:
                "hang_detect_s": [h["detect_s"] for h in hangs],
                "hang_stop_to_resume_s": [h["stop_to_resume_s"] for h in hangs]}
     print(json.dumps(summary, indent=1))
-    print("wrote", write_json(Path(__file__).parent / "results" / "dist_faults.json", {
+    print("wrote", write_json(results_path("dist_faults.json"), {
         "benchmark": "dist_faults",
         "provenance": provenance({**vars(a), "config": CONFIG, "workers": 2,
                                   "launcher": "torchrun --standalone", "backend": "gloo",

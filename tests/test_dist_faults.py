@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from bayescale import distributed as D
+from bayescale.bench import descendants
 from bayescale.checkpoint import CheckpointError, load_latest
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
@@ -45,19 +46,11 @@ def _torchrun(out: Path, name: str, restarts: int) -> subprocess.Popen:
                             text=True)
 
 
-def _children(pid: int) -> list[int]:
-    kids = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
-            kids += [int(k) for k in (task / "children").read_text().split()]
-        except OSError:
-            pass
-    return kids + [g for k in kids for g in _children(k)]
 
 
 def _worker(agent: int, rank: int) -> int | None:
     """The pid of the torchrun worker of ``rank`` (of the current attempt) under ``agent``."""
-    for pid in _children(agent):
+    for pid in descendants(agent):
         try:
             env = dict(kv.split("=", 1) for kv in
                        Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in kv)
