@@ -55,6 +55,12 @@ def suite(data: str, cifar: str, full: bool) -> dict[str, tuple[list[str], str |
         "kefan_mnist": (["kefan_bench.py", "mnist", "--data-root", data, "--threads", "1"],
                         "mnist"),
         "crash": (["crash_bench.py", "--kills", "20"], None),
+        "dist_faults": (["dist_fault_bench.py", "--kills", "8" if f else "3", "--hangs",
+                         "2" if f else "1"], None),
+        "data_pipeline": (["data_pipeline.py", "--data-dir", cifar, "--rounds", "6" if f else "2",
+                           "--steps-per-round", "5" if f else "3"], "cifar10"),
+        "train_cifar": (["train_bench.py", "cifar", "--data-root", cifar, "--lr", "1e-3",
+                         "--epochs", "3" if f else "0.2"], "cifar10"),
         "train_mnist": (["train_bench.py", "mnist", "--data-root", data] + (
             ["--seeds", "0", "1", "2"] if f else ["--epochs", "1"]), "mnist"),
         "peers": (["peers_bench.py"] + ([] if f else ["--rounds", "4"]), "peers"),
