@@ -34,10 +34,13 @@ def suite(data: str, cifar: str, full: bool) -> dict[str, tuple[list[str], str |
     """name -> (arguments after ``python``, the data it needs or None)."""
     f = full
     return {
-        "layers": (["layer_overhead.py", "--rounds", "10" if f else "4"], None),
-        "mc_predict": (["mc_predict_bench.py", "--rounds", "3" if f else "2"], None),
+        "layers": (["layer_overhead.py", "--rounds", "10" if f else "3"], None),
+        "mc_predict": (["mc_predict_bench.py", "--rounds", "3"] if f else
+                       ["mc_predict_bench.py", "--rounds", "2", "--num-samples", "20",
+                        "--num-inputs", "512", "--mem-batch-sizes", "128"], None),
         "ddp": (["train_bench.py", "ddp", "--steps", "400" if f else "200"], None),
-        "scaling": (["scaling_bench.py", "--steps", "300" if f else "150"], None),
+        "scaling": (["scaling_bench.py", "--steps", "300" if f else "150", "--probe-steps",
+                     "150" if f else "60"], None),
         "uncertainty": (["uncertainty_bench.py", "--data-root", data, "--epochs", "3",
                          "--samples", "100" if f else "50"], "mnist"),
         "prune_accuracy": (["prune_bench.py", "accuracy", "--data-root", data, "--models",
@@ -52,9 +55,9 @@ def suite(data: str, cifar: str, full: bool) -> dict[str, tuple[list[str], str |
         "kefan_regression": (["kefan_bench.py", "regression"] + ([] if f else
                                                                  ["--epochs", "600"]), None),
         "kefan_steptime": (["kefan_bench.py", "steptime", "--threads", "1"], None),
-        "kefan_mnist": (["kefan_bench.py", "mnist", "--data-root", data, "--threads", "1"],
-                        "mnist"),
-        "crash": (["crash_bench.py", "--kills", "20"], None),
+        "kefan_mnist": (["kefan_bench.py", "mnist", "--data-root", data, "--threads", "1"]
+                        + ([] if f else ["--epochs", "1"]), "mnist"),
+        "crash": (["crash_bench.py", "--kills", "20" if f else "5"], None),
         "dist_faults": (["dist_fault_bench.py", "--kills", "8" if f else "3", "--hangs",
                          "2" if f else "1"], None),
         "data_pipeline": (["data_pipeline.py", "--data-dir", cifar, "--rounds", "6" if f else "2",
