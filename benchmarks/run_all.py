@@ -42,7 +42,10 @@ def suite(data: str, cifar: str, full: bool) -> dict[str, tuple[list[str], str |
         "scaling": (["scaling_bench.py", "--steps", "300" if f else "150", "--probe-steps",
                      "150" if f else "60"], None),
         "uncertainty": (["uncertainty_bench.py", "--data-root", data, "--epochs", "3",
-                         "--samples", "100" if f else "50"], "mnist"),
+                         "--samples", "100"] if f else
+                        ["uncertainty_bench.py", "--data-root", data, "--epochs", "3",
+                         "--samples", "20", "--models", "mnist_bnn_fc_flip", "mnist_cnn_fc"],
+                        "mnist"),
         "prune_accuracy": (["prune_bench.py", "accuracy", "--data-root", data, "--models",
                             "mnist_bnn_fc_flip:10", "--samples", "20", "--passes", "20",
                             "--finetune-epochs", "1", "--threads", "1"], "mnist"),
@@ -66,7 +69,8 @@ def suite(data: str, cifar: str, full: bool) -> dict[str, tuple[list[str], str |
                          "--epochs", "3" if f else "0.2"], "cifar10"),
         "train_mnist": (["train_bench.py", "mnist", "--data-root", data] + (
             ["--seeds", "0", "1", "2"] if f else ["--epochs", "1"]), "mnist"),
-        "peers": (["peers_bench.py"] + ([] if f else ["--rounds", "4"]), "peers"),
+        "peers": (["peers_bench.py"] + ([] if f else ["--rounds", "2", "--archs", "mlp", "conv"]),
+                  "peers"),
     }
 
 
