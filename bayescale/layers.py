@@ -239,7 +239,8 @@ class BayesianLayer(nn.Module):
 
     def _fuse_kl(self) -> bool:
         """Fuse sigma and the KL in a gradient-recording forward under a Gaussian prior."""
-        return (torch.is_grad_enabled() and isinstance(self.prior, GaussianPrior)
+        # Exactly GaussianPrior: a subclass may override kl(), which the fused op would bypass.
+        return (torch.is_grad_enabled() and type(self.prior) is GaussianPrior
                 and (self.weight_mu.requires_grad or self.weight_rho.requires_grad)
                 and not torch.compiler.is_compiling())
 

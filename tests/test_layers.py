@@ -218,6 +218,17 @@ def test_fused_kl_is_reused_once_and_never_stale():
     assert layer._kl_cache is None
 
 
+def test_prior_subclass_overriding_kl_is_not_bypassed_by_fusion():
+    class HalfKL(bayescale.GaussianPrior):
+        def kl(self, mu, sigma):
+            return 0.5 * super().kl(mu, sigma)
+
+    layer = bayescale.BayesLinear(6, 4, prior=HalfKL())
+    layer(torch.randn(3, 6))
+    expected = 0.5 * _kl_ref(layer.weight_mu, layer.weight_sigma, layer.prior)
+    torch.testing.assert_close(layer.kl(), expected)
+
+
 def _kl_ref(mu, sigma, prior):
     from oracles import gaussian_kl_naive
 
