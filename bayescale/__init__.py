@@ -6,11 +6,12 @@ convention, ``bayesianize`` for any ``nn.Module``, and sampling control.
 
 from __future__ import annotations
 
-from .compact import posterior_mean_model, structured_prune
-from .conv import BayesConv1d, BayesConv2d, BayesConv3d
-from .convert import DEFAULT_MAPPING, bayesianize
-from .distributed import CollectiveError
-from .elbo import (
+from .evaluate import evaluate_run, predict_run
+from .kefan.optimizer import SGHMCSpikeSlab
+from .models import count_parameters, get_model, list_models, register_model
+from .nn.conv import BayesConv1d, BayesConv2d, BayesConv3d
+from .nn.convert import DEFAULT_MAPPING, bayesianize
+from .nn.elbo import (
     ELBOTerms,
     elbo_loss,
     elbo_terms,
@@ -18,12 +19,8 @@ from .elbo import (
     kl_weight_blundell,
     kl_weight_linear,
 )
-from .evaluate import evaluate_run, predict_run
-from .export import export_onnx, export_torchscript
-from .kefan import SGHMCSpikeSlab
-from .layers import ESTIMATORS, BayesianLayer, BayesLinear
-from .models import count_parameters, get_model, list_models, register_model
-from .priors import (
+from .nn.layers import ESTIMATORS, BayesianLayer, BayesLinear
+from .nn.priors import (
     INIT_PRESETS,
     GaussianPrior,
     PosteriorInit,
@@ -31,12 +28,21 @@ from .priors import (
     ScaleMixturePrior,
     moped,
 )
-from .pruning import apply_masks, bprune_table, masks_from_scores, prune, remove_masks, snr_scores
+from .nn.sampling import bayesian_layers, fixed_sample, mean_weights
+from .pruning.bprune import (
+    apply_masks,
+    bprune_table,
+    masks_from_scores,
+    prune,
+    remove_masks,
+    snr_scores,
+)
+from .pruning.compact import posterior_mean_model, structured_prune
+from .pruning.export import export_onnx, export_torchscript
 from .quickstart import run_pipeline
-from .report import write_report
-from .runs import load_run
-from .sampling import bayesian_layers, fixed_sample, mean_weights
-from .uncertainty import (
+from .train.distributed import CollectiveError
+from .train.runs import load_run
+from .uncertainty.predict import (
     RegressionPrediction,
     decompose,
     mc_predict,
@@ -44,6 +50,7 @@ from .uncertainty import (
     predictive_entropy,
     timed_mc_predict,
 )
+from .uncertainty.report import write_report
 
 __version__ = "0.1.0"
 

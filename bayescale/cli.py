@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from .layers import ESTIMATORS
+from .nn.layers import ESTIMATORS
 
 __all__ = ["main"]
 
@@ -28,10 +28,10 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 
 def _pipeline(args: argparse.Namespace) -> int:
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
     from .evaluate import EvaluationError
     from .quickstart import run_pipeline
+    from .train.checkpoint import CheckpointError
+    from .train.config import ConfigError
 
     try:
         res = run_pipeline(epochs=args.epochs, num_samples=args.samples, ood=args.ood or None,
@@ -54,8 +54,8 @@ def _pipeline(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .checkpoint import CheckpointError
     from .evaluate import EvaluationError, evaluate_run
+    from .train.checkpoint import CheckpointError
 
     try:
         m = evaluate_run(args.run, args.samples, ood=args.ood, num_bins=args.bins,
@@ -71,8 +71,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .checkpoint import CheckpointError
     from .evaluate import EvaluationError, predict_run
+    from .train.checkpoint import CheckpointError
 
     try:
         out = predict_run(args.run, args.out, inputs=args.input, data=args.data,
@@ -86,7 +86,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from .uncertainty.report import write_report
 
     try:
         out = write_report(args.run, args.out)
@@ -98,8 +98,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .config import ConfigError, apply_overrides, config_from_dict, load_config
-    from .train import train
+    from .train.config import ConfigError, apply_overrides, config_from_dict, load_config
+    from .train.engine import train
 
     overrides = list(args.overrides)
     config = args.config
@@ -107,7 +107,7 @@ def _train(args: argparse.Namespace) -> int:
         overrides, config = [config, *overrides], None  # `bayescale train k=v` (no file)
     try:
         if args.flagfile:
-            from .flagfile import translate_flagfile
+            from .train.flagfile import translate_flagfile
 
             if config is not None:
                 raise ConfigError("give either a CONFIG or --flagfile, not both")
@@ -130,13 +130,13 @@ def _train(args: argparse.Namespace) -> int:
     if args.print_config:
         import yaml
 
-        from .config import config_to_dict
+        from .train.config import config_to_dict
 
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return 0
-    from .checkpoint import CheckpointError
-    from .distributed import CollectiveError
-    from .train import TrainingDiverged
+    from .train.checkpoint import CheckpointError
+    from .train.distributed import CollectiveError
+    from .train.engine import TrainingDiverged
 
     try:
         result = train(cfg, resume=args.resume)
@@ -154,7 +154,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _scale(args: argparse.Namespace) -> int:
-    from .scale import collect, parse_workers, run_study, write_batch_scripts
+    from .scale.study import collect, parse_workers, run_study, write_batch_scripts
 
     try:
         if args.collect:
@@ -187,8 +187,8 @@ def _floats(text: str | None, flag: str) -> list[float]:
 
 
 def _prune(args: argparse.Namespace) -> int:
-    from .checkpoint import CheckpointError
-    from .pruning import prune_run
+    from .pruning.bprune import prune_run
+    from .train.checkpoint import CheckpointError
 
     try:
         thresholds = _floats(args.threshold, "--threshold")
@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "RUN/report.html, or report-2.html, ... if taken)")
     r.set_defaults(func=_report)
 
-    from .config import describe_options, shipped_configs
+    from .train.config import describe_options, shipped_configs
 
     t = sub.add_parser(
         "train", help="train a model from a YAML config (single process, torchrun, srun, mpirun)",

@@ -31,34 +31,26 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from .datasets import Dataset
-from .distributed import detect_env
-from .metrics import aurc, classification_metrics, heldout_log_likelihood, ood_metrics
+from .data.datasets import Dataset
 from .models import model_spec
-from .runs import Run, load_run
-from .sampling import bayesian_layers
-from .uncertainty import decompose, timed_mc_predict
+from .nn.sampling import bayesian_layers
+from .train.distributed import detect_env
+from .train.runs import Run, load_run
+from .uncertainty.summary import (
+    EVAL_DIR,
+    PREDICTION_KEYS,
+    decompose_draws,
+    first_index_per_class,
+    load_predictions,
+    mc_sample_probs,
+    ood_summary,
+    summarize,
+)
 
 __all__ = ["EvaluationError", "EVAL_DIR", "PREDICTION_KEYS", "evaluate_run", "predict_run",
            "load_inputs", "load_predictions", "mc_sample_probs", "summarize", "ood_summary",
            "decompose_draws", "first_index_per_class"]
-
-EVAL_DIR = "eval"  # evaluate's own folder inside the run directory
-PREDICTION_KEYS = {  # what predictions.npz holds (N test inputs, M OOD inputs, T draws, K classes)
-    "probs": "(N, C) MC-averaged probabilities of the test set",
-    "labels": "(N,) test labels",
-    "total": "(N,) predictive entropy, nats", "aleatoric": "(N,) expected entropy, nats",
-    "epistemic": "(N,) mutual information, nats",
-    "sample_accuracy": "(T,) accuracy of each single weight draw",
-    "class_index": "(K,) test index of the first example of each class",
-    "class_true_probs": "(T, K) p(y_true | x, w_t) of those examples over the T draws",
-    "class_images": "(K, ...) those inputs (for the image insets)",
-    "ood_probs": "(M, C)", "ood_total": "(M,)", "ood_aleatoric": "(M,)", "ood_epistemic": "(M,)",
-    "num_samples": "T", "num_bins": "ECE bins",
-}
-
 
 class EvaluationError(ValueError):
     """Bad input to evaluate/predict (the message names the problem and the fix)."""
@@ -132,7 +124,7 @@ def _load_split(name: str, split: str, root: str | None, input_shape: tuple[int,
     if Path(name).suffix.lower() in (".npy", ".npz", ".pt"):
         x = load_inputs(name, input_shape)
         return Dataset(x, torch.zeros(len(x), dtype=torch.int64), Path(name).name)
-    from .data import load_dataset
+    from .data.catalogue import load_dataset
 
     if split not in ("train", "test"):
         raise EvaluationError(f"unknown split {split!r}; use 'test' or 'train'")
@@ -157,78 +149,6 @@ def _run_or_named_split(run: Run, name: str, split: str, data_root: str | None,
     return _load_split(name, split, root, shape)
 
 
-# ------------------------------------------------------------------------------ pure pieces
-def mc_sample_probs(model: torch.nn.Module, x: Tensor, num_samples: int, *,
-                    batch_size: int = 1000, desc: str = "MC", progress: bool = True
-                    ) -> tuple[Tensor, float]:
-    """Per-draw probabilities (T, N, C) and the seconds the T draws took (progress bar on).
-
-    ``model`` may be a list of networks (weight samples collected by the Ke & Fan optimizer):
-    then each member is one draw and T = its length (Bayesian model averaging)."""
-    if isinstance(model, (list, tuple)):
-        with tqdm(total=len(model), desc=desc, disable=not progress, unit="draw") as bar:
-            probs, dt = timed_mc_predict(list(model), x, None, batch_size=batch_size,
-                                         return_samples=True)
-            bar.update(len(model))
-        return probs, dt
-    stochastic = bool(bayesian_layers(model))
-    step = max(1, math.ceil(num_samples / 20)) if stochastic else num_samples
-    out: Tensor | None = None
-    seconds, done = 0.0, 0
-    with tqdm(total=num_samples, desc=desc, disable=not progress, unit="draw") as bar:
-        while done < num_samples:
-            k = min(step, num_samples - done)
-            probs, dt = timed_mc_predict(model, x, k, batch_size=batch_size, return_samples=True)
-            if out is None:
-                out = probs.new_empty((num_samples, *probs.shape[1:]))
-            out[done:done + k] = probs
-            seconds, done = seconds + dt, done + k
-            bar.update(k)
-    return out, seconds
-
-
-def decompose_draws(sample_probs: Tensor) -> dict[str, Tensor]:
-    """:func:`~bayescale.uncertainty.decompose`, exact for identical draws (a deterministic
-    network repeated T times): those have mutual information exactly 0, not float round-off."""
-    if torch.equal(sample_probs, sample_probs[:1].expand_as(sample_probs)):
-        sample_probs = sample_probs[:1]
-    return decompose(sample_probs)
-
-
-def first_index_per_class(labels: Tensor, num_classes: int) -> Tensor:
-    """Index of the first example of each class present (seed Fig. 4: one image per class)."""
-    first = [int(torch.nonzero(labels == c)[0]) for c in range(num_classes)
-             if bool((labels == c).any())]
-    return torch.tensor(first, dtype=torch.int64)
-
-
-def summarize(sample_probs: Tensor, labels: Tensor, num_bins: int = 15) -> dict[str, Any]:
-    """Metrics and per-input uncertainty of per-draw probabilities (T, N, C) (pure).
-
-    Returns:
-        ``{"metrics": {...}, "arrays": {...}}``; the arrays are those of :data:`PREDICTION_KEYS`
-        for the test set.
-    """
-    mean = sample_probs.double().mean(0).float()
-    parts = decompose_draws(sample_probs)
-    m = classification_metrics(sample_probs, labels, num_bins)
-    m["heldout_log_likelihood"] = heldout_log_likelihood(mean, labels)
-    m["aurc_entropy"] = aurc(mean, labels, parts["total"])
-    m["mean_total"], m["mean_aleatoric"], m["mean_epistemic"] = (
-        float(parts[k].double().mean()) for k in ("total", "aleatoric", "epistemic"))
-    idx = first_index_per_class(labels, sample_probs.shape[-1])
-    arrays = {"probs": mean, "labels": labels, **parts,
-              "sample_accuracy": (sample_probs.argmax(-1) == labels).float().mean(1),
-              "class_index": idx, "class_true_probs": sample_probs[:, idx, labels[idx]]}
-    return {"metrics": m, "arrays": arrays}
-
-
-def ood_summary(parts_in: dict[str, Tensor], parts_out: dict[str, Tensor]) -> dict[str, Any]:
-    """OOD detection by predictive entropy and by mutual information (OOD = positive)."""
-    return {"entropy": ood_metrics(parts_in["total"], parts_out["total"]),
-            "mutual_information": ood_metrics(parts_in["epistemic"], parts_out["epistemic"])}
-
-
 # ------------------------------------------------------------------------------ files
 def _is_writer() -> bool:
     return detect_env().rank == 0
@@ -248,18 +168,6 @@ def _new_file(path: str | Path, what: str) -> Path:
     if not path.parent.is_dir():
         raise EvaluationError(f"the folder of {what} {str(path)!r} does not exist; create it")
     return path
-
-
-def load_predictions(path: str | Path) -> dict[str, np.ndarray]:
-    """The arrays of a ``predictions.npz`` (or of the run directory holding ``eval/``)."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / EVAL_DIR / "predictions.npz"
-    if not path.is_file():
-        raise FileNotFoundError(f"no predictions at {str(path)!r}; run `bayescale evaluate RUN` "
-                                "first")
-    with np.load(path, allow_pickle=False) as z:
-        return {k: z[k] for k in z.files}
 
 
 def _savez(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -312,7 +220,7 @@ def evaluate_run(run: str | Path | Run, num_samples: int = 100, *, ood: str | No
     collected = sorted((run.run_dir / "samples").glob("sample_*.pt"))
     predictor: Any = run.model
     if collected:
-        from .kefan_run import load_samples
+        from .train.sghmc import load_samples
 
         predictor = load_samples(run.run_dir)
         num_samples = len(predictor)

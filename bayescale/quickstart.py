@@ -23,13 +23,13 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .convert import bayesianize
-from .data import load_digits_dataset
-from .elbo import elbo_terms
-from .loader import TensorLoader
-from .metrics import accuracy, nll
-from .sampling import mean_weights
-from .uncertainty import mc_predict
+from .data.catalogue import load_digits_dataset
+from .data.loader import TensorLoader
+from .nn.convert import bayesianize
+from .nn.elbo import elbo_terms
+from .nn.sampling import mean_weights
+from .uncertainty.metrics import accuracy, nll
+from .uncertainty.predict import mc_predict
 
 __all__ = ["run_pipeline", "digits_net", "run_digits"]
 
@@ -57,10 +57,10 @@ def run_pipeline(*, config: str = "quickstart", overrides: Sequence[str] = (),
         "seconds": {"train", "evaluate", "report", "total"}}``; on ranks other than 0 of a
         data-parallel launch only ``"run_dir"`` and ``"train"`` (rank 0 evaluates and writes).
     """
-    from .config import load_config
     from .evaluate import evaluate_run
-    from .report import write_report
-    from .train import train
+    from .train.config import load_config
+    from .train.engine import train
+    from .uncertainty.report import write_report
 
     say = log or (lambda *a, **k: None)
     extra = [f"output.dir={out_dir}", f"train.seed={seed}", f"train.progress={progress}"]

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from bayescale.bench import provenance, results_path, write_json
-from bayescale.checkpoint import CheckpointError, load_latest
+from bayescale.scale.bench import provenance, results_path, write_json
+from bayescale.train.checkpoint import CheckpointError, load_latest
 
 STEPS = 6000
 CONFIG = ["model.name=BNN_FC_flip", "data.name=synthetic", "data.size=4096", "train.steps=6000",

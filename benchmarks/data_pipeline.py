@@ -4,9 +4,9 @@ Target: the loader (batch gather + random crop with 4-pixel zero padding + horiz
 < 5 % of a training step. Setup: CPU, 2 threads, batch 128, ``CIFAR10_BNN_model`` (spec §2.4, all
 8 layers Flipout), Adam, loss ``bayescale.elbo_loss`` (mean NLL + KL / N).
 
-Three functions are timed A/B interleaved in one process (``bayescale.bench.time_interleaved``):
+Three functions are timed A/B interleaved in one process (``bayescale.scale.bench.time_interleaved``):
 
-    loader  next batch of bayescale.loader.TensorLoader(augment=CropFlip(4, flip=True))
+    loader  next batch of bayescale.data.loader.TensorLoader(augment=CropFlip(4, flip=True))
     step    forward + loss + backward + Adam step on a fixed batch
     both    next batch + a step on it (the real training loop)
 
@@ -30,10 +30,10 @@ import torch
 from torch import Tensor
 
 import bayescale
-from bayescale.bench import provenance, results_path, summary, time_interleaved, write_json
-from bayescale.data import load_dataset
-from bayescale.loader import CropFlip, TensorLoader
+from bayescale.data.catalogue import load_dataset
+from bayescale.data.loader import CropFlip, TensorLoader
 from bayescale.models import get_model
+from bayescale.scale.bench import provenance, results_path, summary, time_interleaved, write_json
 
 TARGET_SHARE = 0.05
 

@@ -34,8 +34,8 @@ from pathlib import Path
 
 import torch
 
-from bayescale.bench import descendants, provenance, results_path, write_json
-from bayescale.checkpoint import CheckpointError, load_latest
+from bayescale.scale.bench import descendants, provenance, results_path, write_json
+from bayescale.train.checkpoint import CheckpointError, load_latest
 
 PER_WORKER = 3000  # steps per worker (6000 single-worker steps, strong scaling over 2)
 CONFIG = ["model.name=BNN_FC_flip", "data.name=synthetic", "data.size=4096", "train.steps=6000",

@@ -1,4 +1,4 @@
-"""Ke & Fan optimizer benchmarks (``bayescale.kefan``): three suites, JSON with provenance.
+"""Ke & Fan optimizer benchmarks (``bayescale.kefan.optimizer``): three suites, JSON with provenance.
 
     python benchmarks/kefan_bench.py regression [--epochs 3000] [--seeds 0]
     python benchmarks/kefan_bench.py mnist --data-root /work/shared/data [--epochs 3]
@@ -35,10 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from bayescale.bench import provenance, results_path, summary, time_interleaved, write_json
-from bayescale.kefan import SGHMCSpikeSlab, sparsity
-from bayescale.kefan_run import SampleCollector
-from bayescale.schedules import cyclical_cosine_kefan
+from bayescale.kefan.optimizer import SGHMCSpikeSlab, sparsity
+from bayescale.scale.bench import provenance, results_path, summary, time_interleaved, write_json
+from bayescale.train.schedules import cyclical_cosine_kefan
+from bayescale.train.sghmc import SampleCollector
 
 
 # ----------------------------------------------------------------- regression (spec §4.8)
@@ -214,8 +214,8 @@ def _setups(x: torch.Tensor, y: torch.Tensor, n: int) -> dict:
 
 def _predict(name: str, run_dir: Path, x: torch.Tensor, samples: int) -> dict:
     from bayescale import mc_predict
-    from bayescale.kefan_run import load_samples
-    from bayescale.runs import load_run
+    from bayescale.train.runs import load_run
+    from bayescale.train.sghmc import load_samples
 
     model = load_run(run_dir).model
     out = {"last": mc_predict(model, x, samples if name == "bnn_adam" else 1)}
@@ -230,10 +230,10 @@ def run_mnist(args: argparse.Namespace) -> None:
 
     from trained import trained_run
 
-    from bayescale.compact import compact
-    from bayescale.data import load_dataset
-    from bayescale.metrics import classification_metrics
-    from bayescale.runs import load_run
+    from bayescale.data.catalogue import load_dataset
+    from bayescale.pruning.compact import compact
+    from bayescale.train.runs import load_run
+    from bayescale.uncertainty.metrics import classification_metrics
 
     torch.set_num_threads(args.threads)
     epochs = args.epochs or 3

@@ -10,7 +10,7 @@ memory bounded by the input chunk, not by T.
 
 Timing: the plain twin and the Bayesian model built with each training estimator (reparam,
 flipout, local; inference always uses one fixed weight draw per sample, so they should cost
-the same) run A/B interleaved in one process (bayescale.bench.time_interleaved), one timed
+the same) run A/B interleaved in one process (bayescale.scale.bench.time_interleaved), one timed
 call = the whole T-sample prediction; medians. Both sides get the same inputs and batch size;
 the plain side is T forwards with no softmax or averaging (so the ratio also charges
 mc_predict for those). glibc's allocator is tuned as in layer_overhead.py (recorded). Wall
@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 import bayescale
-from bayescale.bench import provenance, results_path, summary, write_json
+from bayescale.scale.bench import provenance, results_path, summary, write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from layer_overhead import MALLOC_ENV, conv  # noqa: E402  (same net (b) as the train benchmark)

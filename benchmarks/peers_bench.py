@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 import bayescale
-from bayescale.bench import provenance, results_path, summary, time_interleaved, write_json
+from bayescale.scale.bench import provenance, results_path, summary, time_interleaved, write_json
 
 sys.path.insert(0, str(Path(__file__).parent))
 from layer_overhead import ARCHS, MALLOC_ENV, _reexec_with_malloc_env  # noqa: E402

@@ -12,7 +12,7 @@
 * ``cifar``: ``CIFAR10_BNN_model`` (trained run, 3 epochs), 70 % of the filters of each
   convolution removed and compacted; same timing.
 
-Timing: :func:`bayescale.bench.time_interleaved` (warm-up excluded, original and pruned
+Timing: :func:`bayescale.scale.bench.time_interleaved` (warm-up excluded, original and pruned
 alternating in one process), ``torch.set_num_threads(--threads)``; one timed call = the whole MC
 prediction (``num_samples`` weight draws over ``--timing-batch`` test inputs). Results go to
 ``benchmarks/results/prune_<suite>.json`` with provenance.
@@ -31,13 +31,13 @@ import torch
 from torch import nn
 
 import bayescale
-from bayescale import compact as C
-from bayescale import pruning as P
-from bayescale.bench import provenance, results_path, summary, time_interleaved, write_json
-from bayescale.data import load_dataset
-from bayescale.metrics import accuracy, heldout_log_likelihood
-from bayescale.runs import load_run
-from bayescale.uncertainty import mc_predict
+from bayescale.data.catalogue import load_dataset
+from bayescale.pruning import bprune as P
+from bayescale.pruning import compact as C
+from bayescale.scale.bench import provenance, results_path, summary, time_interleaved, write_json
+from bayescale.train.runs import load_run
+from bayescale.uncertainty.metrics import accuracy, heldout_log_likelihood
+from bayescale.uncertainty.predict import mc_predict
 
 sys.path.insert(0, str(Path(__file__).parent))
 from trained import trained_run  # noqa: E402

@@ -37,9 +37,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from bayescale import perfmodel as P
-from bayescale.bench import figures_path, provenance, results_path, write_json
 from bayescale.models import get_model
+from bayescale.scale import perfmodel as P
+from bayescale.scale.bench import figures_path, provenance, results_path, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZES = [4096, 65536, 524288, 2**21, 2**23, 2**24]
@@ -85,7 +85,7 @@ def _colocated_worker(rank: int, world: int, port: int, steps: int, bayesian: bo
     a fixed batch, one thread; with ``lockstep`` every step starts at a barrier, as in DDP, but no
     gradient is communicated. Reports the median step time without the barrier wait."""
     from bayescale import elbo_loss
-    from bayescale.distributed import tune_malloc
+    from bayescale.train.distributed import tune_malloc
 
     tune_malloc()
     torch.set_num_threads(1)

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bayescale.bench import provenance, results_path, write_json
+from bayescale.scale.bench import provenance, results_path, write_json
 
 
 def _run(args: list[str], launcher: list[str] | None = None) -> str:

@@ -12,7 +12,7 @@ AUROC / AUPR / FPR95 scored by predictive entropy and by mutual information (a C
 information is 0 for every input: its MI AUROC is 0.5 by construction). Writes
 ``benchmarks/results/uncertainty_mnist.json`` (with provenance) and the figures under
 ``docs/figures/`` (reliability, entropy/MI histograms, the seed's Fig. 3 and Fig. 4), drawn by
-:mod:`bayescale.plots` from the saved arrays in ``bench_out/uncertainty/<config>/``.
+:mod:`bayescale.uncertainty.plots` from the saved arrays in ``bench_out/uncertainty/<config>/``.
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from bayescale import plots
-from bayescale.bench import figures_path, provenance, results_path, write_json
-from bayescale.datasets import MNIST_CLASSES
+from bayescale.data.datasets import MNIST_CLASSES
 from bayescale.evaluate import evaluate_run, load_predictions
+from bayescale.scale.bench import figures_path, provenance, results_path, write_json
+from bayescale.uncertainty import plots as plots
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from trained import trained_run  # noqa: E402

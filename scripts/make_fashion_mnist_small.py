@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_mnist_small import STEMS, read_source, subset  # noqa: E402  (same IDX layout)
 
-DEFAULT_OUT = (Path(__file__).resolve().parents[1] / "bayescale" / "data_files"
+DEFAULT_OUT = (Path(__file__).resolve().parents[1] / "bayescale" / "data" / "files"
                / "fashion-mnist-small")
 CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
            "Bag", "Ankle boot")
@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = "\n".join(f"| `{k}` | {size:,} | `{m}` |" for k, (m, size) in md5s.items())
     readme = f"""# fashion-mnist-small: a Fashion-MNIST test subset shipped with bayescale
 
-Loaded by `bayescale.data.load_dataset("fashion-mnist-small")` (no download, no data folder).
+Loaded by `bayescale.data.catalogue.load_dataset("fashion-mnist-small")` (no download, no data folder).
 It is the out-of-distribution set of `bayescale quickstart` and `bayescale evaluate --ood`:
 models trained on MNIST digits meet clothing images of the same size and format.
 

@@ -26,7 +26,7 @@ STEMS = {  # file stem -> (magic, expected number of items in the full data set)
     "t10k-images-idx3-ubyte": (2051, 10000),
     "t10k-labels-idx1-ubyte": (2049, 10000),
 }
-DEFAULT_OUT = Path(__file__).resolve().parents[1] / "bayescale" / "data_files" / "mnist-small"
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "bayescale" / "data" / "files" / "mnist-small"
 
 
 def read_source(directory: Path, stem: str) -> tuple[list[int], bytes]:
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = "\n".join(f"| `{k}` | {size:,} | `{m}` |" for k, (m, size) in md5s.items())
     readme = f"""# mnist-small: a subset of MNIST shipped with bayescale
 
-Loaded by `bayescale.data.load_dataset("mnist-small")` (no download, no data folder).
+Loaded by `bayescale.data.catalogue.load_dataset("mnist-small")` (no download, no data folder).
 
 - **Source**: the MNIST database of handwritten digits by Yann LeCun, Corinna Cortes and
   Christopher J. C. Burges (http://yann.lecun.com/exdb/mnist/), licensed CC BY-SA 3.0

@@ -13,15 +13,15 @@ import torch
 from torch import nn
 
 import bayescale as B
-from bayescale import pruning as P
-from bayescale.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from bayescale.config import ConfigError, load_config
-from bayescale.data import load_dataset
-from bayescale.groups import group_view, spike_slab_estep
-from bayescale.kefan import SGHMCSpikeSlab
-from bayescale.metrics import accuracy, ece, nll
-from bayescale.runs import load_run
-from bayescale.scale import parse_workers
+from bayescale.data.catalogue import load_dataset
+from bayescale.kefan.groups import group_view, spike_slab_estep
+from bayescale.kefan.optimizer import SGHMCSpikeSlab
+from bayescale.pruning import bprune as P
+from bayescale.scale.study import parse_workers
+from bayescale.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from bayescale.train.config import ConfigError, load_config
+from bayescale.train.runs import load_run
+from bayescale.uncertainty.metrics import accuracy, ece, nll
 
 
 def _bnn():

@@ -5,7 +5,7 @@ import pickle
 import pytest
 import torch
 
-from bayescale.checkpoint import (
+from bayescale.train.checkpoint import (
     CheckpointError,
     checkpoint_files,
     load_checkpoint,
@@ -80,7 +80,7 @@ def test_malicious_pickle_is_refused_not_run(tmp_path, capsys):
 
 
 def test_resume_falls_back_past_a_corrupt_newest_checkpoint(tmp_path):
-    from bayescale.train import train
+    from bayescale.train.engine import train
 
     cfg = {"model": {"name": "BNN_FC_flip"}, "data": {"name": "synthetic", "size": 256},
            "train": {"steps": 8, "batch_size": 32, "progress": False, "checkpoint_every": 2,

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 import bayescale
-from bayescale import compact as C
-from bayescale.groups import group_is_zero
+from bayescale.kefan.groups import group_is_zero
 from bayescale.models.resnet import resnet18_tfp
+from bayescale.pruning import compact as C
 
 
 @pytest.fixture
@@ -150,7 +150,7 @@ def test_errors_are_clear():
 
 def test_resnet_dependency_graph_pruning_is_exact(f64):
     pytest.importorskip("torch_pruning")
-    from bayescale.compact_graph import graph_prune
+    from bayescale.pruning.graph import graph_prune
 
     model = _randomize_bn(bayescale.get_model("resnet18_tfp", widths=(8, 16, 16, 32))).eval()
     x = torch.randn(3, 3, 32, 32)

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from bayescale import list_models
-from bayescale.config import (
+from bayescale.train.config import (
     Config,
     ConfigError,
     apply_overrides,
@@ -17,7 +17,7 @@ from bayescale.config import (
     load_config,
     shipped_configs,
 )
-from bayescale.flagfile import parse_flagfile, translate_flagfile
+from bayescale.train.flagfile import parse_flagfile, translate_flagfile
 
 # The seed's shipped src/RUN_ScriptBNN/config.cfg (spec §2.2), incl. its CNN_Conv typo.
 SEED_MNIST_CFG = """\

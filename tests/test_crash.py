@@ -8,7 +8,7 @@ import time
 import pytest
 import torch
 
-from bayescale.checkpoint import CheckpointError, load_latest
+from bayescale.train.checkpoint import CheckpointError, load_latest
 
 CONFIG = ["model.name=BNN_FC_flip", "data.name=synthetic", "data.size=1024", "train.steps=1500",
           "train.batch_size=32", "train.checkpoint_every=50", "eval.every_epochs=0",

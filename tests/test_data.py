@@ -1,7 +1,7 @@
 """Tests for the data readers, the download helpers and the in-memory loader.
 
 All data are tiny files generated in ``tmp_path`` in the canonical formats; nothing touches the
-network (the one network function, ``bayescale.data._fetch_url``, is monkeypatched).
+network (the one network function, ``bayescale.data.catalogue._fetch_url``, is monkeypatched).
 """
 
 from __future__ import annotations
@@ -19,10 +19,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bayescale import data
-from bayescale.data import download, list_datasets, load_dataset
-from bayescale.datasets import Dataset, UnsafePickleError, read_idx
-from bayescale.loader import CropFlip, TensorLoader, random_crop, random_hflip
+from bayescale.data import catalogue as data
+from bayescale.data.catalogue import download, list_datasets, load_dataset
+from bayescale.data.datasets import Dataset, UnsafePickleError, read_idx
+from bayescale.data.loader import CropFlip, TensorLoader, random_crop, random_hflip
 
 # ---------------------------------------------------------------- file writers (canonical formats)
 

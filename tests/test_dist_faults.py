@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bayescale import distributed as D
-from bayescale.bench import descendants
-from bayescale.checkpoint import CheckpointError, load_latest
+from bayescale.scale.bench import descendants
+from bayescale.train import distributed as D
+from bayescale.train.checkpoint import CheckpointError, load_latest
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
 
@@ -185,7 +185,7 @@ def test_resume_auto_needs_a_fixed_run_name(tmp_path):
 
 def test_resume_auto_starts_then_continues(tmp_path):
     """Single process: the first launch starts the run, the same command continues it."""
-    from bayescale.train import train
+    from bayescale.train.engine import train
 
     cfg = {"model": {"name": "BNN_FC_flip"}, "data": {"name": "synthetic", "size": 256},
            "train": {"steps": 8, "batch_size": 32, "threads": 1, "progress": False,

@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from bayescale.checkpoint import load_checkpoint
-from bayescale.distributed import AllReduceTimer, DistEnv, detect_env, first_slurm_host
+from bayescale.train.checkpoint import load_checkpoint
+from bayescale.train.distributed import AllReduceTimer, DistEnv, detect_env, first_slurm_host
 
 RUN = ["mnist_bnn_fc_flip", "data.name=synthetic", "data.size=400", "train.batch_size=16",
        "eval.samples=2", "train.progress=false", "train.log_every=1"]

@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from bayescale import builtin_data
-from bayescale.data import list_datasets, load_dataset, load_mnist_small, read_mnist_npz
-from bayescale.datasets import MNIST_CLASSES, read_idx
+from bayescale.data import builtin as builtin_data
+from bayescale.data.catalogue import list_datasets, load_dataset, load_mnist_small, read_mnist_npz
+from bayescale.data.datasets import MNIST_CLASSES, read_idx
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = Path(builtin_data.__file__).parent / "data_files" / "mnist-small"
+SHIPPED = Path(builtin_data.__file__).parent / "files" / "mnist-small"
 
 
 @pytest.fixture(scope="module")

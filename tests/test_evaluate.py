@@ -1,7 +1,7 @@
 """bayescale evaluate / predict and the shipped fashion-mnist-small OOD set.
 
 A 4-step run on generated data is evaluated; every metric is recomputed here from the saved
-arrays with naive loops (not with bayescale.metrics), predictions are checked against decompose()
+arrays with naive loops (not with bayescale.uncertainty.metrics), predictions are checked against decompose()
 on the same weight draws, and bad inputs must fail with exit code != 0 and leave files untouched.
 """
 
@@ -22,17 +22,17 @@ import numpy as np
 import pytest
 import torch
 
-from bayescale import builtin_data
 from bayescale.cli import main
-from bayescale.data import load_dataset
-from bayescale.datasets import FASHION_MNIST_CLASSES, read_idx
+from bayescale.data import builtin as builtin_data
+from bayescale.data.catalogue import load_dataset
+from bayescale.data.datasets import FASHION_MNIST_CLASSES, read_idx
 from bayescale.evaluate import EvaluationError, evaluate_run, load_predictions, predict_run
-from bayescale.runs import load_run
-from bayescale.train import train
-from bayescale.uncertainty import decompose, mc_predict
+from bayescale.train.engine import train
+from bayescale.train.runs import load_run
+from bayescale.uncertainty.predict import decompose, mc_predict
 
 REPO = Path(__file__).resolve().parents[1]
-SHIPPED = Path(builtin_data.__file__).parent / "data_files" / "fashion-mnist-small"
+SHIPPED = Path(builtin_data.__file__).parent / "files" / "fashion-mnist-small"
 T = 8
 
 
@@ -295,10 +295,10 @@ def test_evaluate_averages_the_samples_an_sghmc_run_collected(tmp_path):
     """A Ke & Fan run's collected samples are the draws of `evaluate` (Bayesian model averaging)."""
     import json
 
-    from bayescale.config import load_config
     from bayescale.evaluate import evaluate_run
-    from bayescale.kefan_run import load_samples
-    from bayescale.train import train
+    from bayescale.train.config import load_config
+    from bayescale.train.engine import train
+    from bayescale.train.sghmc import load_samples
 
     cfg = load_config("mnist_cnn_fc", [
         "data.name=synthetic", "data.size=300", "train.batch_size=32", "train.progress=false",
@@ -323,6 +323,6 @@ def test_evaluate_averages_the_samples_an_sghmc_run_collected(tmp_path):
 
 
 def load_run_data_x(run):
-    from bayescale.runs import load_run
+    from bayescale.train.runs import load_run
 
     return load_run(run).data().test.x

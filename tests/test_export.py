@@ -7,9 +7,9 @@ import torch
 from torch import nn
 
 import bayescale
-from bayescale import compact as C
-from bayescale import export as E
-from bayescale import pruning as P
+from bayescale.pruning import bprune as P
+from bayescale.pruning import compact as C
+from bayescale.pruning import export as E
 
 
 def _pruned_cnn() -> nn.Module:

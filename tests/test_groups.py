@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from bayescale.groups import (
+from bayescale.kefan.groups import (
     expand_group_mask,
     group_mean_square,
     group_range,

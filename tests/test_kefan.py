@@ -12,8 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from bayescale.config import load_config
-from bayescale.kefan import (
+from bayescale.kefan.optimizer import (
     PRESETS,
     SGHMCSpikeSlab,
     layer_sparsity,
@@ -22,19 +21,20 @@ from bayescale.kefan import (
     sparsity,
     untempered_temperature,
 )
-from bayescale.kefan_run import (
+from bayescale.train.config import load_config
+from bayescale.train.engine import train
+from bayescale.train.schedules import (
+    cycle_sample_steps,
+    cyclical_cosine,
+    cyclical_cosine_kefan,
+)
+from bayescale.train.sghmc import (
     KeFanTraining,
     SampleCollector,
     load_samples,
     plot_sparsity,
     read_sparsity,
 )
-from bayescale.schedules import (
-    cycle_sample_steps,
-    cyclical_cosine,
-    cyclical_cosine_kefan,
-)
-from bayescale.train import train
 
 F64 = torch.float64
 
@@ -443,7 +443,7 @@ def test_two_gloo_ranks_keep_bit_identical_parameters(tmp_path):
 
 
 def test_build_optimizer_gives_conv_weights_their_own_thresholds():
-    from bayescale.builders import build_optimizer
+    from bayescale.train.builders import build_optimizer
 
     cfg = load_config("mnist_sghmc_sparse")
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 3))
@@ -464,7 +464,7 @@ def test_torchrun_two_workers_train_with_sghmc(tmp_path):
     import subprocess
     import sys
 
-    from bayescale.checkpoint import load_checkpoint
+    from bayescale.train.checkpoint import load_checkpoint
 
     env = dict(os.environ, OMP_NUM_THREADS="1")
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import bayescale
-from bayescale import layers as layers_mod
+from bayescale.nn import layers as layers_mod
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bayescale import metrics as M
+from bayescale.uncertainty import metrics as M
 
 
 def _random_probs(n: int, c: int, seed: int, sharp: float = 2.0):

@@ -18,7 +18,7 @@ from bayescale import (
     models,
 )
 from bayescale.models import count_parameters, get_model, list_models, model_spec
-from bayescale.sampling import bayesian_layers
+from bayescale.nn.sampling import bayesian_layers
 
 SEED_NAMES = ["BNN_conv_flip", "BNN_conv_nonflip", "BNN_FC_flip", "BNN_FC_nonflip", "CNN_conv",
               "CNN_FC", "CIFAR10_BNN_model"]

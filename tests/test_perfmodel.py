@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from bayescale import perfmodel as P
+from bayescale.scale import perfmodel as P
 
 IC = P.Interconnect("test", latency_s=1e-5, bandwidth_Bps=1e9)
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from oracles import gaussian_kl_naive, mixture_kl_quadrature
 
 import bayescale
-from bayescale.priors import softplus_inverse
+from bayescale.nn.priors import softplus_inverse
 
 
 def test_gaussian_kl_matches_textbook_and_gradients():

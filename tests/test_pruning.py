@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import bayescale
-from bayescale import pruning as P
-from bayescale.layers import BayesianLayer
+from bayescale.nn.layers import BayesianLayer
+from bayescale.pruning import bprune as P
 
 
 def _mlp(estimator: str = "flipout", dtype=torch.float32) -> nn.Module:
@@ -170,8 +170,8 @@ def test_masks_survive_save_and_load_into_fresh_model():
 def test_load_run_of_a_pruned_run(tmp_path):
     import yaml
 
-    from bayescale.config import config_to_dict, load_config
-    from bayescale.runs import build_model, load_run
+    from bayescale.train.config import config_to_dict, load_config
+    from bayescale.train.runs import build_model, load_run
 
     cfg = load_config(None, ["model.name=BNN_FC_flip", "data.name=synthetic"])
     model = build_model(cfg)
@@ -213,8 +213,8 @@ def test_bad_input_clear_errors():
 
 
 def test_bprune_table_rows_and_plots(tmp_path):
-    from bayescale import prune_plots
-    from bayescale.metrics import mean_single_sample_accuracy
+    from bayescale.pruning import plots as prune_plots
+    from bayescale.uncertainty.metrics import mean_single_sample_accuracy
 
     torch.manual_seed(0)
     model = _mlp().eval()
@@ -255,8 +255,8 @@ def test_cli_prune_writes_table_plots_and_loadable_pruned_model(tmp_path, capsys
     import yaml
 
     from bayescale.cli import main
-    from bayescale.config import config_to_dict, load_config
-    from bayescale.runs import build_model, load_run
+    from bayescale.train.config import config_to_dict, load_config
+    from bayescale.train.runs import build_model, load_run
 
     cfg = load_config(None, ["model.name=BNN_FC_flip", "data.name=synthetic", "data.size=64"])
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg)))
@@ -281,7 +281,7 @@ def test_cli_prune_writes_table_plots_and_loadable_pruned_model(tmp_path, capsys
 
 
 def test_finetune_keeps_pruned_weights_removed_and_lowers_the_loss():
-    from bayescale.elbo import elbo_loss
+    from bayescale.nn.elbo import elbo_loss
 
     model = _mlp()
     pruned, _ = P.prune(model, sparsity=0.6)

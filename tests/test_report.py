@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from bayescale import plots, runs
 from bayescale.cli import main
 from bayescale.evaluate import evaluate_run, load_predictions
 from bayescale.quickstart import run_pipeline
-from bayescale.report import write_report
-from bayescale.train import train
+from bayescale.train import runs
+from bayescale.train.engine import train
+from bayescale.uncertainty import plots as plots
+from bayescale.uncertainty.report import write_report
 
 pytest.importorskip("matplotlib")
 PNG = b"\x89PNG\r\n\x1a\n"

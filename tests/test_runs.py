@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from bayescale.checkpoint import CheckpointError
-from bayescale.runs import load_run
-from bayescale.train import train
+from bayescale.train.checkpoint import CheckpointError
+from bayescale.train.engine import train
+from bayescale.train.runs import load_run
 
 
 @pytest.fixture(scope="module")

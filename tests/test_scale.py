@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from bayescale.scale import parse_workers, write_batch_scripts
+from bayescale.scale.study import parse_workers, write_batch_scripts
 
 TINY = ["model.name=BNN_FC_flip", "data.name=synthetic", "data.size=256", "train.steps=8",
         "train.batch_size=16", "eval.samples=1", "eval.every_epochs=0",

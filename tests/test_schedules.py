@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from bayescale.schedules import kl_weight_at, kl_weight_cyclical, lr_factor
+from bayescale.train.schedules import kl_weight_at, kl_weight_cyclical, lr_factor
 
 
 def test_linear_warmup_then_constant():

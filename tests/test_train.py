@@ -10,11 +10,11 @@ import torch
 import yaml
 
 from bayescale import cli
-from bayescale.checkpoint import CheckpointError, load_checkpoint
-from bayescale.config import config_from_dict, config_to_dict, load_config
-from bayescale.data import make_synthetic_classification
-from bayescale.runlog import TIMING_COLUMNS
-from bayescale.train import TrainingDiverged, train
+from bayescale.data.catalogue import make_synthetic_classification
+from bayescale.train.checkpoint import CheckpointError, load_checkpoint
+from bayescale.train.config import config_from_dict, config_to_dict, load_config
+from bayescale.train.engine import TrainingDiverged, train
+from bayescale.train.runlog import TIMING_COLUMNS
 
 FAST = ["data.name=synthetic", "data.size=400", "train.batch_size=32", "eval.samples=3",
         "train.progress=false", "train.threads=1"]

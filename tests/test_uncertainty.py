@@ -10,7 +10,7 @@ from torch import nn
 
 import bayescale
 from bayescale import BayesLinear, fixed_sample, mc_predict
-from bayescale.decomposition import (
+from bayescale.uncertainty.decomposition import (
     decompose,
     decompose_regression,
     expected_entropy,

@@ -24,9 +24,9 @@ from typing import Any, TypeVar
 
 from torch import nn
 
-from ..convert import bayesianize
-from ..layers import ESTIMATORS
-from ..priors import PosteriorInit, Prior
+from ..nn.convert import bayesianize
+from ..nn.layers import ESTIMATORS
+from ..nn.priors import PosteriorInit, Prior
 from .resnet import resnet18, resnet18_tfp
 from .seed import seed_conv, seed_fc, seed_vgg3
 from .vgg import vgg16, vgg16_tfp

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .layers import BayesianLayer
+from ..nn.layers import BayesianLayer
 
 __all__ = ["MODES", "SCOPES", "CRITERIA", "prunable_layers", "snr_scores", "magnitude_scores",
            "threshold_masks", "sparsity_masks", "masks_from_scores", "apply_masks",
@@ -280,7 +280,7 @@ def finetune(model: nn.Module, x: Tensor, y: Tensor, *, epochs: int = 1,
     Pruned weights stay removed: the mask zeroes their gradients, and compacted layers no
     longer have them. Returns the model in eval mode.
     """
-    from .elbo import elbo_loss
+    from ..nn.elbo import elbo_loss
 
     if epochs < 0 or batch_size < 1 or not lr > 0:
         raise ValueError(f"need epochs >= 0, batch_size >= 1 and lr > 0; got {epochs}, "
@@ -303,8 +303,8 @@ def finetune(model: nn.Module, x: Tensor, y: Tensor, *, epochs: int = 1,
 def _evaluate(model: nn.Module, x: Tensor, y: Tensor, num_samples: int, num_passes: int,
               batch_size: int) -> dict[str, float]:
     """BPrune's metrics (spec §3.3 step 7) on (x, y)."""
-    from .metrics import accuracy, heldout_log_likelihood, mean_single_sample_accuracy
-    from .uncertainty import mc_predict, timed_mc_predict
+    from ..uncertainty.metrics import accuracy, heldout_log_likelihood, mean_single_sample_accuracy
+    from ..uncertainty.predict import mc_predict, timed_mc_predict
 
     sample_probs = mc_predict(model, x, num_passes, batch_size=batch_size, return_samples=True)
     mean_probs, seconds = timed_mc_predict(model, x, num_samples, batch_size=batch_size)
@@ -384,9 +384,9 @@ def prune_run(path: str | Path, *, thresholds: Sequence[float] = (),
     ``save`` (one threshold or sparsity, one mode) also ``model_pruned.pt``, a checkpoint that
     :func:`bayescale.runs.load_run` opens (``model.pt`` is never touched).
     """
-    from .checkpoint import save_checkpoint
-    from .config import config_to_dict
-    from .runs import load_run
+    from ..train.checkpoint import save_checkpoint
+    from ..train.config import config_to_dict
+    from ..train.runs import load_run
 
     run = load_run(path)
     test = run.data().test
@@ -398,7 +398,7 @@ def prune_run(path: str | Path, *, thresholds: Sequence[float] = (),
     out = run.run_dir / "prune"
     result: dict[str, Any] = {"rows": rows, "csv": write_table_csv(rows, out / "bprune.csv")}
     if plots:
-        from .prune_plots import plot_accuracy_vs_sparsity, plot_snr_distribution
+        from .plots import plot_accuracy_vs_sparsity, plot_snr_distribution
 
         result["plots"] = [plot_snr_distribution(snr_scores(run.model), out / "snr.png",
                                                  thresholds),

@@ -8,7 +8,8 @@ One step on ``n`` workers, each with a fixed per-worker batch ``b`` (the seed's 
 * ``t_c = b * compute_s_per_sample + fixed_s`` is the measured forward+backward(+update) time of
   one worker, measured where it will run: when several workers share a node, time them there in
   lockstep (benchmarks/scaling_bench.py's co-location probe gives the factor over one worker
-  alone; with one worker per node it is 1). Synchronous SGD waits for the slowest worker: with step times ~ N(t_c, (cv t_c)^2)
+  alone; with one worker per node it is 1). Synchronous SGD waits for the slowest worker: with
+  step times ~ N(t_c, (cv t_c)^2)
   the expected slowest of ``n`` is ``t_c (1 + cv * m_n)``, ``m_n = E[max_i z_i]`` (m_1 = 0,
   m_2 = 1/sqrt(pi)), computed by quadrature.
 * The gradient (``grad_bytes``; a mean-field BNN sends mu and rho, twice a CNN's weights; the

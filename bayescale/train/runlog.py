@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .sampling import bayesian_layers
+from ..nn.sampling import bayesian_layers
 
 __all__ = ["RunLog", "posterior_stats", "TIMING_COLUMNS"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 
-from .elbo import kl_weight_blundell, kl_weight_linear
+from ..nn.elbo import kl_weight_blundell, kl_weight_linear
 
 __all__ = ["lr_factor", "kl_weight_at", "kl_weight_cyclical", "cyclical_cosine",
            "cyclical_cosine_kefan", "cycle_of_step", "cycle_sample_steps"]

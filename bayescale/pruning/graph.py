@@ -24,9 +24,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .groups import expand_group_mask, group_snr
-from .layers import BayesianLayer, BayesLinear
-from .sampling import mean_weights
+from ..kefan.groups import expand_group_mask, group_snr
+from ..nn.layers import BayesianLayer, BayesLinear
+from ..nn.sampling import mean_weights
 
 __all__ = ["graph_prune", "bayes_pruners"]
 
@@ -80,7 +80,7 @@ def bayes_pruners() -> dict[type, Any]:
             return layer.weight_mu.shape[1]
 
     pruner = BayesPruner()
-    from .conv import BayesConv1d, BayesConv2d, BayesConv3d
+    from ..nn.conv import BayesConv1d, BayesConv2d, BayesConv3d
 
     return {cls: pruner for cls in (BayesLinear, BayesConv1d, BayesConv2d, BayesConv3d)}
 

@@ -38,8 +38,13 @@ import yaml
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..kefan.optimizer import resolve_hparams
+from ..models import get_model, model_spec
+from ..nn.elbo import elbo_terms
+from ..nn.priors import GaussianPrior
+from ..nn.sampling import bayesian_layers
 from . import distributed as D
-from . import kefan_run as KF
+from . import sghmc as KF
 from .builders import build_loader, build_optimizer, eval_sharded, load_data, make_run_dir
 from .checkpoint import (
     CheckpointError,
@@ -50,12 +55,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import Config, config_from_dict, config_to_dict
-from .elbo import elbo_terms
-from .kefan import resolve_hparams
-from .models import get_model, model_spec
-from .priors import GaussianPrior
 from .runlog import RunLog
-from .sampling import bayesian_layers
 from .schedules import kl_weight_at, lr_factor
 
 __all__ = ["train", "TrainingDiverged", "run_paths"]

@@ -19,11 +19,11 @@ import torch
 import yaml
 from torch import nn
 
+from ..data.datasets import TensorSplit
+from ..models import get_model, model_spec
+from ..nn.priors import GaussianPrior
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import Config, config_from_dict
-from .datasets import TensorSplit
-from .models import get_model, model_spec
-from .priors import GaussianPrior
 
 __all__ = ["Run", "load_run", "build_model"]
 

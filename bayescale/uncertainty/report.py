@@ -28,8 +28,8 @@ import torch
 import yaml
 
 from . import plots
-from .evaluate import EVAL_DIR, load_predictions
 from .metrics import reliability
+from .summary import EVAL_DIR, load_predictions
 
 __all__ = ["write_report", "report_path"]
 

@@ -362,7 +362,7 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     return out
 
 
-_SHIPPED = Path(__file__).parent / "configs"
+_SHIPPED = Path(__file__).resolve().parents[1] / "configs"
 
 
 def shipped_configs() -> list[str]:

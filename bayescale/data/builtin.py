@@ -2,7 +2,7 @@
 
 Generated sets (``synthetic``, ``heteroscedastic-1d``), scikit-learn's bundled sets (``digits``,
 ``diabetes``; need ``pip install "bayescale[data]"``) and ``mnist-small``, a real MNIST subset
-shipped inside the package (``bayescale/data_files/mnist-small/``, read through
+shipped inside the package (``bayescale/data/files/mnist-small/``, read through
 :mod:`importlib.resources` so it also works from an installed wheel or zip, MD5-checked on load).
 """
 
@@ -16,7 +16,7 @@ from importlib.resources.abc import Traversable
 import numpy as np
 import torch
 
-from bayescale.datasets import (
+from .datasets import (
     FASHION_MNIST_CLASSES,
     IDX_IMAGES_MAGIC,
     IDX_LABELS_MAGIC,
@@ -46,17 +46,17 @@ FASHION_MNIST_SMALL_MD5 = {
     "t10k-labels-idx1-ubyte.gz": "3a5ecd4e1a5ee7a9568063426d752435",
 }
 _REINSTALL = ("reinstall bayescale (pip install --force-reinstall --no-deps bayescale; in a "
-              "source checkout: git checkout -- bayescale/data_files/mnist-small)")
+              "source checkout: git checkout -- bayescale/data/files/mnist-small)")
 
 
 def _mnist_small_files() -> Traversable:
     """The folder of the shipped subset (a hook the tests point at a temporary copy)."""
-    return resources.files("bayescale").joinpath("data_files", "mnist-small")
+    return resources.files("bayescale.data").joinpath("files", "mnist-small")
 
 
 def _fashion_mnist_small_files() -> Traversable:
     """The folder of the shipped Fashion-MNIST test subset (a hook for the tests)."""
-    return resources.files("bayescale").joinpath("data_files", "fashion-mnist-small")
+    return resources.files("bayescale.data").joinpath("files", "fashion-mnist-small")
 
 
 def _read_verified(folder: Traversable, name: str, md5s: dict[str, str] = MNIST_SMALL_MD5,

@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from .conv import _BayesConvNd
-from .groups import expand_group_mask, group_is_zero, group_snr
-from .layers import BayesianLayer, BayesLinear
-from .pruning import masks_from_scores
-from .sampling import mean_weights
+from ..kefan.groups import expand_group_mask, group_is_zero, group_snr
+from ..nn.conv import _BayesConvNd
+from ..nn.layers import BayesianLayer, BayesLinear
+from ..nn.sampling import mean_weights
+from .bprune import masks_from_scores
 
 __all__ = ["CompactionPlan", "unit_scores", "unit_masks", "mask_units", "compaction_plan",
            "compact", "structured_prune", "posterior_mean_model"]

@@ -9,12 +9,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..data.catalogue import load_dataset
+from ..data.datasets import Dataset, TensorSplit
+from ..data.loader import CropFlip, TensorLoader
+from ..uncertainty.predict import mc_predict
 from . import distributed as D
 from .config import Config, OptimConfig, SGHMCConfig
-from .data import load_dataset
-from .datasets import Dataset, TensorSplit
-from .loader import CropFlip, TensorLoader
-from .uncertainty import mc_predict
 
 __all__ = ["load_data", "build_loader", "build_optimizer", "make_run_dir", "eval_sharded"]
 
@@ -71,7 +71,7 @@ def build_optimizer(o: OptimConfig, params: Iterable[nn.Parameter], lr: float, *
     ``num_train`` = N and the noise ``seed``, the same on every rank)."""
     params = list(params)
     if o.name == "sghmc":
-        from .kefan import SGHMCSpikeSlab
+        from ..kefan.optimizer import SGHMCSpikeSlab
 
         if num_train is None:
             raise ValueError("optim.name=sghmc needs num_train (the training-set size N)")

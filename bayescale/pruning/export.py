@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..nn.conv import _BayesConvNd
+from ..nn.layers import BayesianLayer, BayesLinear
 from .compact import posterior_mean_model
-from .conv import _BayesConvNd
-from .layers import BayesianLayer, BayesLinear
 
 __all__ = ["SampledLayer", "sampling_model", "export_torchscript", "export_onnx", "check_onnx"]
 

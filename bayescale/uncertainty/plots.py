@@ -51,7 +51,7 @@ def _save(fig: Any, out: str | Path) -> Path:
 
 def _preds(predictions: Predictions) -> Mapping[str, np.ndarray]:
     if isinstance(predictions, str | Path):
-        from .evaluate import load_predictions
+        from .summary import load_predictions
 
         return load_predictions(predictions)
     return predictions

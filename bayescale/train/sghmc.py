@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..kefan.optimizer import SGHMCSpikeSlab, layer_sparsity, sparsity
 from . import distributed as D
-from .kefan import SGHMCSpikeSlab, layer_sparsity, sparsity
 from .schedules import cycle_sample_steps, cyclical_cosine
 
 __all__ = ["KeFanTraining", "SampleCollector", "load_samples", "check_model", "SparsityLog",
@@ -114,7 +114,7 @@ def load_samples(run_dir: str | Path, map_location: str | torch.device = "cpu"
 
 def check_model(model: nn.Module) -> None:
     """SGHMC samples the weights themselves: the network must be deterministic."""
-    from .sampling import bayesian_layers
+    from ..nn.sampling import bayesian_layers
 
     if bayesian_layers(model):
         raise ValueError("optim.name=sghmc samples the weights of a deterministic network (its "

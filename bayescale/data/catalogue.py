@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from bayescale.builtin_data import (
+from .builtin import (
     load_diabetes_dataset,
     load_digits_dataset,
     load_fashion_mnist_small,
@@ -29,7 +29,7 @@ from bayescale.builtin_data import (
     make_heteroscedastic_1d,
     make_synthetic_classification,
 )
-from bayescale.datasets import (
+from .datasets import (
     FASHION_MNIST_CLASSES,
     MNIST_CLASSES,
     TensorSplit,

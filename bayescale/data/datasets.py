@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from bayescale.safe_pickle import UnsafePickleError, load_array_pickle
+from .safe_pickle import UnsafePickleError, load_array_pickle
 
 __all__ = [
     "Dataset",

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bayescale.datasets import all_finite
+from .datasets import all_finite
 
 __all__ = ["TensorLoader", "CropFlip", "random_crop", "random_hflip"]
 

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..nn.sampling import bayesian_layers, fixed_sample
 from .decomposition import (
     decompose,
     decompose_regression,
@@ -36,7 +37,6 @@ from .decomposition import (
     predictive_entropy,
     predictive_variance,
 )
-from .sampling import bayesian_layers, fixed_sample
 
 __all__ = [
     "DEFAULT_NUM_SAMPLES",

@@ -26,7 +26,7 @@ __all__ = ["provenance", "time_interleaved", "summary", "write_json", "cpu_name"
 
 def _git_commit() -> str:
     try:
-        root = Path(__file__).resolve().parent.parent
+        root = Path(__file__).resolve().parents[2]
         out = subprocess.run(
             ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
             timeout=10, check=True,
@@ -113,7 +113,7 @@ RESULTS_ENV = "BAYESCALE_RESULTS_DIR"
 def results_path(name: str) -> Path:
     """Where a benchmark writes ``name``: ``$BAYESCALE_RESULTS_DIR`` if set (the quick suite of
     benchmarks/run_all.py), else the repository's ``benchmarks/results/`` (the README's runs)."""
-    root = os.environ.get(RESULTS_ENV) or Path(__file__).resolve().parents[1] / "benchmarks" / \
+    root = os.environ.get(RESULTS_ENV) or Path(__file__).resolve().parents[2] / "benchmarks" / \
         "results"
     return Path(root) / name
 
@@ -123,7 +123,7 @@ def figures_path(name: str) -> Path:
     the README's ``docs/figures/``."""
     if os.environ.get(RESULTS_ENV):
         return Path(os.environ[RESULTS_ENV]) / "figures" / name
-    return Path(__file__).resolve().parents[1] / "docs" / "figures" / name
+    return Path(__file__).resolve().parents[2] / "docs" / "figures" / name
 
 
 def write_json(path: str | Path, record: dict[str, Any]) -> Path:
