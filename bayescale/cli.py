@@ -314,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--time", default="01:00:00", help="wall time per job (scripts)")
     sc.set_defaults(func=_scale)
     pp = sub.add_parser("prune", help="BPrune: SNR pruning of a trained run; table of "
-                        "threshold, % pruned, accuracy, held-out nats, MC inference time")
+                        "threshold, %% pruned, accuracy, held-out nats, MC inference time")
     pp.add_argument("run", help="run directory (or a .pt file in one)")
     pp.add_argument("--threshold", metavar="T[,T...]", help="absolute SNR thresholds |mu|/sigma "
                     "(one for every layer, as BPrune)")
