@@ -1,15 +1,38 @@
-"""Command line: ``bayescale <command>`` (also ``python -m bayescale``). Thin over the library."""
+"""Command line: ``bayescale <command>`` (also ``python -m bayescale``). Thin over the library.
+
+Every subcommand calls one library function. A user error prints one line,
+``bayescale CMD: what is wrong, and the fix``, and exits 2 for a bad command line (unknown option,
+missing argument, bad config key or value) or 1 for anything else (missing or corrupt files, a
+folder that is not a run, a diverged or failed training). Never a traceback, unless
+``BAYESCALE_DEBUG=1`` asks for one.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
+from . import __version__
 from .nn.layers import ESTIMATORS
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser", "subparsers", "UsageError"]
+
+DEBUG_ENV = "BAYESCALE_DEBUG"  # set to 1 to see the traceback of an unexpected error
+
+
+class UsageError(ValueError):
+    """A bad command line (exit code 2); the message names the fix."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (``bayescale CMD: message; see --help``), exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"{self.prog}: {message}; see `{self.prog} --help`", file=sys.stderr)
+        sys.exit(2)
 
 
 def _quickstart(args: argparse.Namespace) -> int:
@@ -28,17 +51,10 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 
 def _pipeline(args: argparse.Namespace) -> int:
-    from .evaluate import EvaluationError
     from .quickstart import run_pipeline
-    from .train.checkpoint import CheckpointError
-    from .train.config import ConfigError
 
-    try:
-        res = run_pipeline(epochs=args.epochs, num_samples=args.samples, ood=args.ood or None,
-                           out_dir=args.out_dir, seed=args.seed)
-    except (ConfigError, CheckpointError, EvaluationError, FileNotFoundError, ValueError) as err:
-        print(f"bayescale quickstart: {err}", file=sys.stderr)
-        return 1
+    res = run_pipeline(epochs=args.epochs, num_samples=args.samples, ood=args.ood or None,
+                       out_dir=args.out_dir, seed=args.seed)
     if "report" not in res:
         return 0  # not rank 0
     m, ood = res["metrics"], res["metrics"].get("ood")
@@ -54,16 +70,11 @@ def _pipeline(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .evaluate import EvaluationError, evaluate_run
-    from .train.checkpoint import CheckpointError
+    from .evaluate import evaluate_run
 
-    try:
-        m = evaluate_run(args.run, args.samples, ood=args.ood, num_bins=args.bins,
-                         out_file=args.out, batch_size=args.batch_size, seed=args.seed,
-                         data_root=args.data_root)
-    except (CheckpointError, EvaluationError, FileNotFoundError) as err:
-        print(f"bayescale evaluate: {err}", file=sys.stderr)
-        return 2
+    m = evaluate_run(args.run, args.samples, ood=args.ood, num_bins=args.bins,
+                     out_file=args.out, batch_size=args.batch_size, seed=args.seed,
+                     data_root=args.data_root)
     print(json.dumps({k: v for k, v in m.items() if k != "files"}, indent=2))
     print(f"wrote {m['files']['metrics']} and {m['files']['predictions']}"
           + (f" and {args.out}" if args.out else ""))
@@ -71,16 +82,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from .evaluate import EvaluationError, predict_run
-    from .train.checkpoint import CheckpointError
+    from .evaluate import predict_run
 
-    try:
-        out = predict_run(args.run, args.out, inputs=args.input, data=args.data,
-                          split=args.split, num_samples=args.samples,
-                          batch_size=args.batch_size, seed=args.seed, data_root=args.data_root)
-    except (CheckpointError, EvaluationError, FileNotFoundError) as err:
-        print(f"bayescale predict: {err}", file=sys.stderr)
-        return 2
+    out = predict_run(args.run, args.out, inputs=args.input, data=args.data, split=args.split,
+                      num_samples=args.samples, batch_size=args.batch_size, seed=args.seed,
+                      data_root=args.data_root)
     print(f"wrote {out}")
     return 0
 
@@ -88,11 +94,7 @@ def _predict(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from .uncertainty.report import write_report
 
-    try:
-        out = write_report(args.run, args.out)
-    except (FileNotFoundError, FileExistsError) as err:
-        print(f"bayescale report: {err}", file=sys.stderr)
-        return 2
+    out = write_report(args.run, args.out)
     print(f"report: {out}")
     return 0
 
@@ -110,7 +112,7 @@ def _train(args: argparse.Namespace) -> int:
             from .train.flagfile import translate_flagfile
 
             if config is not None:
-                raise ConfigError("give either a CONFIG or --flagfile, not both")
+                raise UsageError("give either a CONFIG or --flagfile, not both")
             base, notes = translate_flagfile(args.flagfile)
             for note in notes:
                 print(f"[flagfile] {note}", file=sys.stderr)
@@ -124,9 +126,8 @@ def _train(args: argparse.Namespace) -> int:
             cfg = load_config(saved, overrides)
         else:
             cfg = load_config(config, overrides)
-    except (ConfigError, FileNotFoundError, ValueError) as err:
-        print(f"bayescale train: {err}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, ValueError) as err:  # the config and overrides are the command line
+        raise UsageError(str(err)) from err
     if args.print_config:
         import yaml
 
@@ -134,16 +135,7 @@ def _train(args: argparse.Namespace) -> int:
 
         print(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), end="")
         return 0
-    from .train.checkpoint import CheckpointError
-    from .train.distributed import CollectiveError
-    from .train.engine import TrainingDiverged
-
-    try:
-        result = train(cfg, resume=args.resume)
-    except (CheckpointError, TrainingDiverged, CollectiveError, FileNotFoundError,
-            FileExistsError, ValueError) as err:
-        print(f"bayescale train: {type(err).__name__}: {err}", file=sys.stderr)
-        return 1
+    result = train(cfg, resume=args.resume)
     final = result["final_eval"]
     if result["rank"] == 0:
         print(f"{result['model']} on {result['data']}: {result['steps']} steps/worker x "
@@ -156,53 +148,52 @@ def _train(args: argparse.Namespace) -> int:
 def _scale(args: argparse.Namespace) -> int:
     from .scale.study import collect, parse_workers, run_study, write_batch_scripts
 
-    try:
-        if args.collect:
-            path = collect(args.collect, args.mode)
-        elif args.config is None:
-            raise ValueError("give a CONFIG (or --collect DIR)")
-        elif args.batch_nodes:
-            paths = write_batch_scripts(args.config, parse_workers(args.batch_nodes), args.out,
-                                        args.mode, args.overrides, not args.no_twin,
-                                        args.cores_per_node, args.time)
-            print(f"wrote {len(paths)} batch scripts to {paths[-1].parent}; submit with "
-                  f"{paths[-1]}")
-            return 0
-        else:
-            path = run_study(args.config, parse_workers(args.workers), args.mode, args.out,
-                             args.overrides, not args.no_twin)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError) as err:
-        print(f"bayescale scale: {err}", file=sys.stderr)
-        return 1
+    if args.collect:
+        path = collect(args.collect, args.mode)
+    elif args.config is None:
+        raise UsageError("give a CONFIG (or --collect DIR)")
+    elif args.batch_nodes:
+        paths = write_batch_scripts(args.config, _workers(args.batch_nodes, "--batch-nodes"),
+                                    args.out, args.mode, args.overrides, not args.no_twin,
+                                    args.cores_per_node, args.time)
+        print(f"wrote {len(paths)} batch scripts to {paths[-1].parent}; submit with {paths[-1]}")
+        return 0
+    else:
+        path = run_study(args.config, _workers(args.workers, "--workers"), args.mode, args.out,
+                         args.overrides, not args.no_twin)
     print(f"scaling table {path}; figures {path.parent / 'time_to_train.png'}, "
           f"{path.parent / 'speedup.png'}")
     return 0
+
+
+def _workers(text: str, flag: str) -> list[int]:
+    from .scale.study import parse_workers
+
+    try:
+        return parse_workers(text)
+    except ValueError as err:
+        raise UsageError(f"{flag}: {err}") from err
 
 
 def _floats(text: str | None, flag: str) -> list[float]:
     try:
         return [float(v) for v in text.split(",") if v.strip()] if text else []
     except ValueError:
-        raise ValueError(f"{flag} takes numbers separated by commas, got {text!r}") from None
+        raise UsageError(f"{flag} takes numbers separated by commas, got {text!r}") from None
 
 
 def _prune(args: argparse.Namespace) -> int:
     from .pruning.bprune import prune_run
-    from .train.checkpoint import CheckpointError
 
-    try:
-        thresholds = _floats(args.threshold, "--threshold")
-        sparsities = _floats(args.sparsity, "--sparsity") + _floats(args.sweep, "--sweep")
-        if not thresholds and not sparsities:
-            raise ValueError("give --threshold T, --sparsity S or --sweep S1,S2,...")
-        modes = ("clean", "bprune") if args.mode == "both" else (args.mode,)
-        result = prune_run(args.run, thresholds=thresholds, sparsities=sparsities,
-                           scope=args.scope, modes=modes, criterion=args.criterion,
-                           num_samples=args.samples, num_passes=args.passes,
-                           num_test=args.num_test, save=args.save, plots=not args.no_plots)
-    except (CheckpointError, ValueError, FileNotFoundError, ImportError) as err:
-        print(f"bayescale prune: {err}", file=sys.stderr)
-        return 1
+    thresholds = _floats(args.threshold, "--threshold")
+    sparsities = _floats(args.sparsity, "--sparsity") + _floats(args.sweep, "--sweep")
+    if not thresholds and not sparsities:
+        raise UsageError("give --threshold T, --sparsity S or --sweep S1,S2,...")
+    modes = ("clean", "bprune") if args.mode == "both" else (args.mode,)
+    result = prune_run(args.run, thresholds=thresholds, sparsities=sparsities, scope=args.scope,
+                       modes=modes, criterion=args.criterion, num_samples=args.samples,
+                       num_passes=args.passes, num_test=args.num_test, save=args.save,
+                       plots=not args.no_plots)
     print(f"{'mode':7} {'threshold':>10} {'% pruned':>9} {'acc 1-sample':>12} {'acc MC':>7} "
           f"{'nats':>8} {'MC time s':>9}")
     for r in result["rows"]:
@@ -215,9 +206,11 @@ def _prune(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bayescale", description="Bayesian neural networks at "
-                                     "scale: mean-field VI layers, training, uncertainty, pruning.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="bayescale", description="Bayesian neural networks at scale: "
+                     "mean-field VI layers, training, uncertainty, pruning.",
+                     epilog="`bayescale CMD --help` lists the options of each command.")
+    parser.add_argument("--version", action="version", version=f"bayescale {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="CMD")
     q = sub.add_parser("quickstart", help="the whole pipeline on shipped real data: train "
                        "BNN_conv_flip on mnist-small, evaluate uncertainty with "
                        "fashion-mnist-small as OOD set, write the HTML report")
@@ -340,9 +333,51 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The subcommand parsers of ``parser`` by name (``bayescale CMD``)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    """Run one command; returns the exit code (0 ok, 1 error, 2 bad command line)."""
+    from .evaluate import EvaluationError
+    from .train.checkpoint import CheckpointError
+    from .train.config import ConfigError
+    from .train.distributed import CollectiveError
+    from .train.engine import TrainingDiverged
+
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)  # --help, --version and usage errors exit here
+    if extra:  # name the subcommand whose options were misspelt
+        subparsers(parser)[args.command].error(f"unrecognized arguments: {' '.join(extra)}")
+    name = f"bayescale {args.command}"
+    try:
+        return int(args.func(args))
+    except (UsageError, ConfigError) as err:
+        print(f"{name}: {_one_line(err)}; see `{name} --help`", file=sys.stderr)
+        return 2
+    except (CheckpointError, EvaluationError, TrainingDiverged, CollectiveError, OSError,
+            ValueError, ImportError, RuntimeError) as err:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"{name}: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug, not a user error: still one line, the traceback on demand
+        if os.environ.get(DEBUG_ENV):
+            raise
+        print(f"{name}: unexpected {type(err).__name__}: {_one_line(err)} (rerun with "
+              f"{DEBUG_ENV}=1 for the traceback and please report it)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""One table of bad inputs across the library and the CLI (issue 9): each one is refused with a
+"""One table of bad inputs across the library and the CLI: each one is refused with a
 message that names the problem, and no file that existed before is changed or removed."""
 
 from __future__ import annotations

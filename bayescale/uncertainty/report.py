@@ -33,6 +33,7 @@ from .summary import EVAL_DIR, load_predictions
 
 __all__ = ["write_report", "report_path"]
 
+RUN_MARKERS = ("config.yaml", "checkpoint.pt", "model.pt")  # what every training run writes
 _MAX_ROWS = 200  # rows shown per CSV table
 _CSS = """body{font-family:sans-serif;max-width:980px;margin:2em auto;color:#222;line-height:1.4}
 h1{font-size:1.5em}h2{font-size:1.2em;border-bottom:1px solid #ccc;margin-top:1.8em}
@@ -243,13 +244,17 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
         out: the HTML file to create (must not exist); default :func:`report_path`.
 
     Raises:
-        FileNotFoundError: ``run_dir`` is not a directory.
+        FileNotFoundError: ``run_dir`` is not a run directory (nothing is written then).
         FileExistsError: ``out`` exists already.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"no run directory at {str(run_dir)!r}; pass the folder "
                                 "`bayescale train` wrote (under runs/ by default)")
+    if not any((run_dir / name).is_file() for name in RUN_MARKERS):
+        raise FileNotFoundError(f"{str(run_dir)!r} is not a run directory (it holds none of "
+                                f"{', '.join(RUN_MARKERS)}); pass a folder written by "
+                                "`bayescale train` or `bayescale quickstart`")
     out = Path(out) if out is not None else report_path(run_dir)
     if out.exists():
         raise FileExistsError(f"{out} exists; choose another --out (reports are never "

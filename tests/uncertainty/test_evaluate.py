@@ -31,7 +31,7 @@ from bayescale.train.engine import train
 from bayescale.train.runs import load_run
 from bayescale.uncertainty.predict import decompose, mc_predict
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED = Path(builtin_data.__file__).parent / "files" / "fashion-mnist-small"
 T = 8
 

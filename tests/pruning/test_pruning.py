@@ -274,7 +274,7 @@ def test_cli_prune_writes_table_plots_and_loadable_pruned_model(tmp_path, capsys
     assert (tmp_path / "model.pt").read_bytes() == before  # never overwritten
     run = load_run(tmp_path / "prune" / "model_pruned.pt")
     assert P.pruned_fraction(run.model) == pytest.approx(0.5, abs=1e-4)
-    assert main(["prune", str(tmp_path)]) == 1  # nothing asked
+    assert main(["prune", str(tmp_path)]) == 2  # nothing asked: a usage error
     assert "--threshold" in capsys.readouterr().err
     assert main(["prune", str(tmp_path), "--threshold", "-1", "--no-plots"]) == 1
     assert "threshold must be" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""SIGKILL mid-training, resume, and end bit-identical to an uninterrupted run (issue 9)."""
+"""SIGKILL mid-training, resume, and end bit-identical to an uninterrupted run."""
 
 import signal
 import subprocess

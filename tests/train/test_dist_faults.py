@@ -1,4 +1,4 @@
-"""Distributed faults (issue 9): a worker SIGKILLed under ``torchrun --max-restarts`` is survived by
+"""Distributed faults: a worker SIGKILLed under ``torchrun --max-restarts`` is survived by
 restarting the group from the last checkpoint (``--resume auto``), bit-identical to an
 uninterrupted run; a worker that stops responding makes the others fail within ``dist.timeout_s``
 with a clear message instead of hanging. gloo on CPU; Linux (/proc) for finding the workers."""

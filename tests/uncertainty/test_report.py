@@ -101,9 +101,9 @@ def test_report_never_overwrites_and_reports_bad_runs(run_dir, tmp_path, capsys)
     assert main(["report", str(run)]) == 0
     assert (run / "report-2.html").is_file() and "report-2.html" in capsys.readouterr().out
     before = first.read_bytes()
-    assert main(["report", str(run), "--out", str(first)]) == 2
+    assert main(["report", str(run), "--out", str(first)]) == 1
     assert "never overwritten" in capsys.readouterr().err and first.read_bytes() == before
-    assert main(["report", str(tmp_path / "nope")]) == 2
+    assert main(["report", str(tmp_path / "nope")]) == 1
     assert "no run directory" in capsys.readouterr().err
     assert sorted(p.name for p in run.glob("report*")) == ["report-2.html", "report.html"]
 

@@ -20,7 +20,7 @@ from bayescale.data import builtin as builtin_data
 from bayescale.data.catalogue import list_datasets, load_dataset, load_mnist_small, read_mnist_npz
 from bayescale.data.datasets import MNIST_CLASSES, read_idx
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED = Path(builtin_data.__file__).parent / "files" / "mnist-small"
 
 
