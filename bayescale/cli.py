@@ -146,7 +146,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _scale(args: argparse.Namespace) -> int:
-    from .scale.study import collect, parse_workers, run_study, write_batch_scripts
+    from .scale.study import collect, run_study, write_batch_scripts
 
     if args.collect:
         path = collect(args.collect, args.mode)

@@ -4,7 +4,8 @@ Target: the loader (batch gather + random crop with 4-pixel zero padding + horiz
 < 5 % of a training step. Setup: CPU, 2 threads, batch 128, ``CIFAR10_BNN_model`` (spec §2.4, all
 8 layers Flipout), Adam, loss ``bayescale.elbo_loss`` (mean NLL + KL / N).
 
-Three functions are timed A/B interleaved in one process (``bayescale.scale.bench.time_interleaved``):
+Three functions are timed A/B interleaved in one process
+(``bayescale.scale.bench.time_interleaved``):
 
     loader  next batch of bayescale.data.loader.TensorLoader(augment=CropFlip(4, flip=True))
     step    forward + loss + backward + Adam step on a fixed batch

@@ -1,4 +1,4 @@
-"""Ke & Fan optimizer benchmarks (``bayescale.kefan.optimizer``): three suites, JSON with provenance.
+"""Ke & Fan optimizer benchmarks (``bayescale.kefan``): three suites, JSON with provenance.
 
     python benchmarks/kefan_bench.py regression [--epochs 3000] [--seeds 0]
     python benchmarks/kefan_bench.py mnist --data-root /work/shared/data [--epochs 3]

@@ -7,7 +7,8 @@ reparam <= 1.15x on (b) and (c); flipout <= 2.2x on (b) and (c); every estimator
     (b) conv: 1x28x28 -> conv32 3x3 -> conv64 3x3 -> maxpool 2 -> dense 128 -> dense 10
     (c) vgg3: the seed's CIFAR-10 3-VGG-block net (spec 2.4), 3x32x32 input
 
-Both models of a pair live in one process and are timed A/B interleaved (bayescale.scale.bench), each
+Both models of a pair live in one process and are timed A/B interleaved
+(bayescale.scale.bench), each
 step = forward + loss + backward + Adam step on a fixed synthetic batch (timing does not depend
 on the data). The Bayesian loss is bayescale.elbo_loss (NLL + KL/N); the plain one cross-entropy.
 

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = "\n".join(f"| `{k}` | {size:,} | `{m}` |" for k, (m, size) in md5s.items())
     readme = f"""# fashion-mnist-small: a Fashion-MNIST test subset shipped with bayescale
 
-Loaded by `bayescale.data.catalogue.load_dataset("fashion-mnist-small")` (no download, no data folder).
+Loaded by `bayescale.data.load_dataset("fashion-mnist-small")` (no download, no data folder).
 It is the out-of-distribution set of `bayescale quickstart` and `bayescale evaluate --ood`:
 models trained on MNIST digits meet clothing images of the same size and format.
 

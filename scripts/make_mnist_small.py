@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = "\n".join(f"| `{k}` | {size:,} | `{m}` |" for k, (m, size) in md5s.items())
     readme = f"""# mnist-small: a subset of MNIST shipped with bayescale
 
-Loaded by `bayescale.data.catalogue.load_dataset("mnist-small")` (no download, no data folder).
+Loaded by `bayescale.data.load_dataset("mnist-small")` (no download, no data folder).
 
 - **Source**: the MNIST database of handwritten digits by Yann LeCun, Corinna Cortes and
   Christopher J. C. Burges (http://yann.lecun.com/exdb/mnist/), licensed CC BY-SA 3.0

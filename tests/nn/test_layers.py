@@ -192,7 +192,7 @@ def test_fused_training_forward_equals_unfused_autograd(estimator, init, monkeyp
     loss_f, grads_f, layer = run(True)
     loss_u, grads_u, _ = run(False)
     torch.testing.assert_close(loss_f, loss_u, rtol=1e-12, atol=1e-12)
-    for gf, gu in zip(grads_f, grads_u):
+    for gf, gu in zip(grads_f, grads_u, strict=True):
         torch.testing.assert_close(gf, gu, rtol=1e-10, atol=1e-12)
     assert layer._kl_cache is None  # consumed by kl()
 

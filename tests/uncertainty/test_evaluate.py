@@ -1,7 +1,8 @@
 """bayescale evaluate / predict and the shipped fashion-mnist-small OOD set.
 
 A 4-step run on generated data is evaluated; every metric is recomputed here from the saved
-arrays with naive loops (not with bayescale.uncertainty.metrics), predictions are checked against decompose()
+arrays with naive loops (not with bayescale.uncertainty.metrics), predictions are checked against
+decompose()
 on the same weight draws, and bad inputs must fail with exit code != 0 and leave files untouched.
 """
 
