@@ -5,7 +5,7 @@ out-of-distribution set), then computes everything from those samples with the p
 :mod:`bayescale.metrics` and :mod:`bayescale.uncertainty`:
 
 * accuracy, NLL, Brier, ECE of the MC-averaged probabilities; the mean single-sample accuracy and
-  held-out log-likelihood ("held-out nats") of BPrune (spec 3.3); MC inference time;
+  held-out log-likelihood ("held-out nats") of BPrune; MC inference time;
 * per input: predictive entropy (total) = expected entropy (aleatoric) + mutual information
   (epistemic), Depeweg et al. 2018 (arXiv:1710.07283);
 * with an OOD set: AUROC / AUPR / FPR95 with OOD as positive, scored by entropy and by mutual

@@ -11,7 +11,7 @@ A weight tensor ``[out, in, *kernel]`` (Linear: ``[out, in]``) is split into gro
 :func:`group_view` returns the ``(num_groups, group_size)`` matrix that every statistic below
 reduces over its last dim; :func:`expand_group_mask` maps a per-group decision back onto the
 weight's shape. BPrune's structured variant (:mod:`bayescale.pruning`) and the Ke & Fan
-spike-and-slab E-step and hard pruning (:mod:`bayescale.kefan`, spec §4.4) are both written with
+spike-and-slab E-step and hard pruning (:mod:`bayescale.kefan`) are both written with
 these functions.
 """
 
@@ -74,7 +74,7 @@ def group_mean_square(w: Tensor, grouping: str) -> Tensor:
 
 
 def group_range(w: Tensor, grouping: str) -> Tensor:
-    """max - min of w over each group (the Ke & Fan CNN hard-pruning statistic, spec §4.4)."""
+    """max - min of w over each group (the Ke & Fan CNN hard-pruning statistic)."""
     v = group_view(w, grouping)
     return v.amax(dim=1) - v.amin(dim=1)
 
@@ -82,7 +82,7 @@ def group_range(w: Tensor, grouping: str) -> Tensor:
 def group_snr(mu: Tensor, sigma: Tensor, grouping: str) -> Tensor:
     """Group signal-to-noise ratio ``||mu_g||_2 / ||sigma_g||_2``.
 
-    For a single weight this is BPrune's |mu|/sigma (Sharma & Jennings, spec §3.3 step 4); for a
+    For a single weight this is BPrune's |mu|/sigma (Sharma & Jennings, BPrune step 4); for a
     group it is the SNR of the group's weight vector as a whole (its squared value is the ratio
     of the group's mean energy to its mean variance).
     """
@@ -94,7 +94,7 @@ def group_snr(mu: Tensor, sigma: Tensor, grouping: str) -> Tensor:
 
 
 def spike_slab_estep(w: Tensor, grouping: str, soft_threshold: float) -> Tensor:
-    """Hard E-step of the spike-and-slab group prior (Ke & Fan; spec §4.4).
+    """Hard E-step of the spike-and-slab group prior (Ke & Fan).
 
     Returns a boolean per group: True = slab (the group is kept, small weight decay), False =
     spike (``mean(w_g^2) < soft_threshold``, large weight decay). The decision is re-made at every
@@ -112,7 +112,7 @@ def spike_slab_threshold(group_size: int, slab_std: float, spike_std: float,
     For slab N(0, s1^2 I), spike N(0, s0^2 I) (s0 < s1) over a group of m weights and prior
     inclusion probability theta, p(slab | w_g) > 1/2 iff
     ``||w_g||^2 / m > [2 log((1-theta)/theta) + 2 m log(s1/s0)] / [m (1/s0^2 - 1/s1^2)]``
-    (spec §4.4, derived there; the authors' code uses a fixed threshold instead).
+    (Ke & Fan, derived there; the authors' code uses a fixed threshold instead).
     """
     if not (group_size >= 1 and 0 < spike_std < slab_std and 0 < inclusion < 1):
         raise ValueError("need group_size >= 1, 0 < spike_std < slab_std and 0 < inclusion < 1; "

@@ -1,5 +1,5 @@
 """Ke & Fan's optimizer: adaptive variational Bayes as preconditioned SGHMC, with a spike-and-slab
-group prior whose E-step switches weight decays and prunes groups for good (spec §4.3-§4.6).
+group prior whose E-step switches weight decays and prunes groups for good (Ke & Fan).
 
 One :class:`torch.optim.Optimizer`, :class:`SGHMCSpikeSlab` (the authors' ``SGHMC_SPL``). Per
 weight ``w`` with ``g`` = gradient of the **mean** minibatch loss, ``N`` = training-set size,
@@ -35,7 +35,7 @@ so the chain targets ``p(w|D)`` at every ``h`` (tested on Bayesian linear regres
 neglected, as in Chen et al.'s practical form: minibatch-gradient noise, the O(h) discretisation
 error, and the drift of ``tau`` when ``eta > 0``.
 
-**Presets** (:data:`PRESETS`, spec §4.5; the three sets disagree, so each is named by its origin):
+**Presets** (:data:`PRESETS`, Ke & Fan; the three sets disagree, so each is named by its origin):
 ``"cifar_script"`` is the ``SGHMC_SPL_CNN.py`` constructor with T = 1/N as ``main_cifar*.py`` pass
 it (group policy ``"cnn"``, M = 4 cycles); ``"fc_default"`` the ``SGHMC_SPL_FC.py``/``_GNN.py``
 constructor and ``SGHMC_SPL.md`` signature (step default T = 1/50000, policy ``"fc"``, M = 6);
@@ -43,7 +43,7 @@ constructor and ``SGHMC_SPL.md`` signature (step default T = 1/50000, policy ``"
 Example 1, T = N^-1/2, warm-up 50, policy ``"fc"``, M = 6). Learning rates: notebooks h0 = 0.01,
 CIFAR scripts h0 = 1.
 
-**Groups** (spec §4.4; :mod:`bayescale.groups` does the maths): ``"cnn"`` conv weights, E-step per
+**Groups** (Ke & Fan; :mod:`bayescale.groups` does the maths): ``"cnn"`` conv weights, E-step per
 k x k kernel slice, input channels and filters pruned when their range ``max - min`` is below the
 hard threshold; ``"fc"`` 2-D weights by input column; ``"gnn"`` 2-D weights by output row (both
 pruned by mean square); ``"cnn_fc"`` conv weights as ``"cnn"`` and linear weights as ``"fc"``;
@@ -130,7 +130,7 @@ _GNN = _Rule("out", (("out", "mean_square"),))
 
 
 def _rule(policy: str, p: Tensor) -> _Rule | None:
-    """Which spike-and-slab rule (spec §4.4) parameter ``p`` follows under ``policy``."""
+    """Which spike-and-slab rule (Ke & Fan) parameter ``p`` follows under ``policy``."""
     if p.dim() >= 3 and policy in ("cnn", "cnn_fc"):
         return _CNN
     if p.dim() == 2 and policy in ("fc", "cnn_fc"):
@@ -162,7 +162,8 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
         warm_up: ``step(epoch=e, batch=0)`` runs the E-step and pruning when ``e > warm_up``.
         group: spike-and-slab group policy, one of ``GROUP_POLICIES``.
         seed: seed of the noise generator (the same on every data-parallel rank).
-        momentum_init_std: the momentum starts as ``momentum_init_std * N(0, 1)`` (spec 0.001).
+        momentum_init_std: the momentum starts as ``momentum_init_std * N(0, 1)``
+            (the authors' 0.001).
         preset: a name in ``PRESETS`` supplying every argument left as None.
     """
 
@@ -284,7 +285,7 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
     # -- E-step and pruning ------------------------------------------------------------------
     @torch.no_grad()
     def em_step(self, groups: list[dict[str, Any]] | None = None) -> None:
-        """Spike-and-slab E-step and permanent group pruning (spec §4.4) of every parameter with
+        """Spike-and-slab E-step and permanent group pruning (Ke & Fan) of every parameter with
         a rule, in ``groups`` (default all); the pure functions of :mod:`bayescale.groups`
         decide, on the current weights. As in the spec, the next update zeroes what was pruned
         (``w <- (w + tau r) * hard_mask``) and keeps it zero."""

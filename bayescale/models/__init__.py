@@ -4,9 +4,9 @@
 name's ``include`` predicate (design §7.3). ``bayesian=False`` gives the deterministic twin of any
 Bayesian model (same topology, plain layers); ``estimator=`` picks any estimator for any model.
 
-Names: the seed tutorial models of spec §2.4 (``BNN_conv_flip``, ``BNN_conv_nonflip``,
+Names: the seed tutorial's models (``BNN_conv_flip``, ``BNN_conv_nonflip``,
 ``BNN_FC_flip``, ``BNN_FC_nonflip``, ``CNN_conv``, ``CNN_FC``, ``CIFAR10_BNN_model``), the
-paper's reconstructed TFP models of spec §1.3 (``vgg16_tfp``, ``resnet18_tfp``, init preset
+paper's reconstructed TFP models of Sharma & Jennings (``vgg16_tfp``, ``resnet18_tfp``, init preset
 ``"tfp_vgg"``) and the standard CIFAR ``vgg16`` and ``resnet18`` (deterministic by default).
 
 Parameter counts (:func:`count_parameters`) follow TF's "Trainable params": every tensor with

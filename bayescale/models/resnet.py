@@ -1,6 +1,6 @@
 """ResNets for 32x32 inputs: TFP's Bayesian "ResNet-18" and the standard CIFAR ResNet-18.
 
-* ``resnet18_tfp`` — TFP ``examples/models/bayesian_resnet.py`` as reconstructed in spec §1.3 (the
+* ``resnet18_tfp`` — TFP ``examples/models/bayesian_resnet.py`` for Sharma & Jennings (the
   paper's "ResNet-18"; not a standard ResNet-18): 3x3 stem conv 64, then ONE pre-activation block
   per stage, widths [64, 128, 256, 512], strides [1, 2, 2, 2]; final BN-ReLU-avgpool 4-flatten-
   dense. TFP tests ``filters != x.shape[1]`` on an NHWC tensor (the height, not the channels), so
@@ -61,7 +61,7 @@ def resnet18_tfp(
     widths: Sequence[int] = (64, 128, 256, 512),
     strides: Sequence[int] = (1, 2, 2, 2),
 ) -> nn.Module:
-    """TFP ``bayesian_resnet`` topology (spec §1.3), deterministic; for 32x32 inputs.
+    """TFP ``bayesian_resnet`` topology (Sharma & Jennings), deterministic; for 32x32 inputs.
 
     Args:
         num_classes: width of the final dense layer (logits).

@@ -1,4 +1,4 @@
-"""Deterministic builders of the seed tutorial networks (spec §2.4, ``src/utils.py``).
+"""Deterministic builders of the seed tutorial networks (``src/utils.py``).
 
 The seed (``Himscipy/bnn_hvd``) defines seven models; they come from three topologies here, and the
 registry (:mod:`bayescale.models`) picks which layers :func:`bayescale.bayesianize` converts:

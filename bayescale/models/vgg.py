@@ -1,6 +1,6 @@
 """VGG networks for 32x32 inputs: one deterministic builder, two configurations.
 
-* ``vgg16_tfp`` — TFP's ``examples/models/bayesian_vgg.py`` as reconstructed in spec §1.3 (the
+* ``vgg16_tfp`` — TFP's ``examples/models/bayesian_vgg.py`` for Sharma & Jennings (the
   paper's "VGG-16"): five blocks [64, 128, 256, 512, 512] of two 3x3 'same' conv-BN-ReLU and a
   2x2/2 max-pool (32 -> 1), flatten 512, dense. 10 conv + 1 dense = 11 layers made Bayesian;
   conv biases kept (TFP's deterministic bias), TF BatchNorm settings (eps 1e-3, momentum 0.99).
@@ -71,7 +71,7 @@ def vgg(
 
 
 def vgg16_tfp(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
-    """TFP ``bayesian_vgg`` topology (spec §1.3), deterministic; 11 convertible layers.
+    """TFP ``bayesian_vgg`` topology (Sharma & Jennings), deterministic; 11 convertible layers.
 
     BatchNorm as Keras' defaults: eps 1e-3, moving-average momentum 0.99 (PyTorch 0.01).
     """

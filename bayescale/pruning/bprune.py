@@ -1,4 +1,4 @@
-"""SNR pruning of trained Bayesian networks (BPrune, Sharma & Jennings 2020; spec §3.3).
+"""SNR pruning of trained Bayesian networks (BPrune, Sharma & Jennings 2020).
 
 Pruning is three pure steps (optax-style composition) and one write:
 
@@ -13,12 +13,12 @@ Two modes, both apply a mask to mu and sigma together:
 * ``"clean"``: the weight is removed: exactly 0 in every forward, no noise, out of the KL. The
   mask is the layer's persistent ``weight_mask`` buffer (saved in the state_dict, loadable into a
   fresh model, reversible with :func:`remove_masks`); mu and rho are left untouched.
-* ``"bprune"``: BPrune's own operation (spec §3.3 step 5): mu <- 0 and rho <- 0, so a pruned weight
+* ``"bprune"``: BPrune's own operation (BPrune step 5): mu <- 0 and rho <- 0, so a pruned weight
   becomes N(0, ln(2)^2) noise, sigma = softplus(0) = ln 2. Parameters are overwritten (not
   reversible). On layers whose init caps sigma (``rho_max``, the TFP VGG/ResNet preset) sigma is
   read through the cap (softplus(log 0.2) = 0.18); TF's BPrune bypassed the cap.
 
-"% pruned" is counted as BPrune does (spec §3.3 step 6): nonzeros = sum over layers of
+"% pruned" is counted as BPrune does (BPrune step 6): nonzeros = sum over layers of
 2 * count_nonzero(SNR) (mu and sigma per weight; pruned entries have SNR 0), and
 % pruned = 100 * (1 - nonzeros_after / nonzeros_before). :func:`bprune_table` builds the whole
 BPrune table (threshold -> % pruned -> accuracy -> held-out nats -> MC inference time).
@@ -78,7 +78,7 @@ def _effective_mu(layer: BayesianLayer) -> Tensor:
 
 @torch.no_grad()
 def snr_scores(model: nn.Module) -> Masks:
-    """Signal-to-noise ratio |mu| / sigma of every Bayesian weight (spec §3.3 step 4).
+    """Signal-to-noise ratio |mu| / sigma of every Bayesian weight (BPrune step 4).
 
     sigma = softplus(rho) (capped where the init sets ``rho_max``). Weights already pruned in
     clean mode score 0, as BPrune's mu = 0 does.
@@ -222,7 +222,7 @@ def get_masks(model: nn.Module) -> Masks:
             for name, l in prunable_layers(model).items()}
 
 
-# ------------------------------------------------------------------ counting (spec §3.3.6)
+# ------------------------------------------------------------------ counting (BPrune step 6)
 def bprune_nonzeros(model: nn.Module) -> dict[str, int]:
     """BPrune's per-layer non-zero count: 2 * count_nonzero(SNR) (mu and sigma per weight)."""
     return {name: 2 * int(torch.count_nonzero(s)) for name, s in snr_scores(model).items()}
@@ -230,7 +230,7 @@ def bprune_nonzeros(model: nn.Module) -> dict[str, int]:
 
 def percent_pruned(nonzeros_before: Mapping[str, int], nonzeros_after: Mapping[str, int]
                    ) -> float:
-    """BPrune's "% Prune" = 100 * (1 - sum(after) / sum(before)) (spec §3.3 step 6)."""
+    """BPrune's "% Prune" = 100 * (1 - sum(after) / sum(before)) (BPrune step 6)."""
     before, after = sum(nonzeros_before.values()), sum(nonzeros_after.values())
     if before <= 0:
         raise ValueError("nonzeros_before is 0: count them on the unpruned model")
@@ -302,7 +302,7 @@ def finetune(model: nn.Module, x: Tensor, y: Tensor, *, epochs: int = 1,
 # ------------------------------------------------------------------ the BPrune table
 def _evaluate(model: nn.Module, x: Tensor, y: Tensor, num_samples: int, num_passes: int,
               batch_size: int) -> dict[str, float]:
-    """BPrune's metrics (spec §3.3 step 7) on (x, y)."""
+    """BPrune's metrics (BPrune step 7) on (x, y)."""
     from ..uncertainty.metrics import accuracy, heldout_log_likelihood, mean_single_sample_accuracy
     from ..uncertainty.predict import mc_predict, timed_mc_predict
 
@@ -322,7 +322,7 @@ def bprune_table(model: nn.Module, data: Any, thresholds: Sequence[float] = (), 
                  ) -> list[dict[str, Any]]:
     """The BPrune table: one row per (mode, threshold or sparsity).
 
-    Each row: mode, criterion, scope, threshold, target_sparsity, percent_pruned (spec §3.3
+    Each row: mode, criterion, scope, threshold, target_sparsity, percent_pruned (BPrune
     step 6), acc_single (mean single-sample accuracy over ``num_passes`` stochastic passes,
     BPrune's "Acc"), acc_mc (accuracy of the probabilities averaged over ``num_samples``
     draws), heldout_nats (mean log of those probabilities at the label) and infer_time_s (wall

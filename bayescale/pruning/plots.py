@@ -2,7 +2,7 @@
 
 matplotlib (the ``plot`` extra) is imported lazily with the Agg backend, so these work on
 machines without a display. BPrune drew a KDE of SNR per layer (``<layer>_SNR_ratioPlot.png``,
-spec §3.3 step 10); here one figure holds a histogram of log10 SNR for every layer.
+BPrune step 10); here one figure holds a histogram of log10 SNR for every layer.
 """
 
 from __future__ import annotations

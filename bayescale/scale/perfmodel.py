@@ -25,7 +25,7 @@ One step on ``n`` workers, each with a fixed per-worker batch ``b`` (the seed's 
 Strong scaling (the seed's): a fixed budget of samples, ``steps = budget / (n b)``, speed-up
 ``S(n) = T(1)/T(n)``, efficiency ``S/n``. Weak scaling: fixed steps per worker, efficiency
 ``t_step(1)/t_step(n)``. :func:`fit_seed` fits the free parameters to the seed README's
-Fig-1/Fig-2 points (spec §2.9).
+Fig-1/Fig-2 points (the seed tutorial).
 """
 
 from __future__ import annotations
@@ -204,8 +204,8 @@ def first_below(w: Workload, c: Cluster, threshold: float = 0.5, max_workers: in
     return None
 
 
-# Seed README Fig-1 (total training time, s) and Fig-2 (speed-up), read off the PNGs (spec §2.9,
-# +-3 %). The demo is most likely the MNIST tutorial (BNN_conv_flip / CNN_conv, batch 64, 10
+# Seed README Fig-1 (total training time, s) and Fig-2 (speed-up), read off the PNGs
+# (+-3 %). The demo is most likely the MNIST tutorial (BNN_conv_flip / CNN_conv, batch 64, 10
 # epochs = 9375 steps of one worker) on ALCF Theta (Cray XC40, Aries), one rank per node.
 SEED_FIGURES: dict[str, Any] = {
     "nodes": [1, 2, 4, 6, 8],

@@ -107,7 +107,7 @@ class ScheduleConfig:
 @dataclass
 class SGHMCConfig:
     """Ke & Fan's SGHMC with spike-and-slab groups (optim.name=sghmc; bayescale.kefan).
-    Settings left null take the preset's value (spec §4.5)."""
+    Settings left null take the preset's value (Ke & Fan)."""
 
     preset: Literal["notebook", "fc_default", "cifar_script"] = _opt(
         "notebook", "default set: notebook (SGHMC_SPL.md / notebooks), fc_default (FC/GNN "

@@ -4,7 +4,7 @@ Files in the run directory:
 
 * ``metrics.jsonl`` — every record (``kind`` = ``"train"`` or ``"eval"``), one JSON per line;
 * ``train.csv`` / ``eval.csv`` — the same records as tables;
-* ``timing.csv`` — one row per step with the seed's columns (spec §2.8): ``step``,
+* ``timing.csv`` — one row per step with the seed's columns (the seed tutorial): ``step``,
   ``batch_time_s``, ``samples_per_s`` (all workers), ``t_start``, ``t_end``, ``time_to_train_s``
   (cumulative step time, excluding logging/eval), plus ``allreduce_s`` and ``world_size``;
 * ``posterior/stats.jsonl`` and ``posterior/step_XXXXXXX.pt`` — per-layer mu/sigma summaries and

@@ -67,7 +67,7 @@ def kl_weight_at(step: int, total_steps: int, weight: float = 1.0, schedule: str
 
 
 def cyclical_cosine(step: int, total_steps: int, cycles: int, h0: float = 1.0) -> float:
-    """Cyclical cosine step size (Zhang et al. 2019, cSG-MCMC; Ke & Fan, spec §4.6) at 0-based
+    """Cyclical cosine step size (Zhang et al. 2019, cSG-MCMC; Ke & Fan) at 0-based
     ``step``: the run is cut into ``cycles`` equal cycles and each one decays
     ``h = h0 * (cos(pi * u) + 1) / 2`` from ``h0`` (u = 0) towards 0 (u -> 1), u being the position
     in the cycle, ``frac(step * cycles / total_steps)``.
@@ -84,7 +84,7 @@ def cyclical_cosine(step: int, total_steps: int, cycles: int, h0: float = 1.0) -
 
 def cyclical_cosine_kefan(epoch: int, batch: int, num_train: int, batch_size: int, epochs: int,
                           cycles: int, h0: float) -> float:
-    """Ke & Fan's schedule exactly as their scripts compute it (spec §4.6), for replication.
+    """Ke & Fan's schedule exactly as their scripts compute it, for replication.
 
     ``num_batch = N / B + 1`` (a float), ``T = epochs * num_batch``, ``P = floor(T / M)``,
     ``r = epoch * num_batch + batch`` and ``h = h0 * (cos(pi * (r mod P) / P) + 1) / 2``. Their

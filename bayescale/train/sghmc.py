@@ -1,8 +1,8 @@
 """A Ke & Fan run (``optim.name=sghmc`` in ``bayescale train``): the training glue the engine
 calls, weight samples and Bayesian model averaging, and the sparsity log and plot.
 
-* :class:`KeFanTraining` - the cyclical cosine step size (spec §4.6), the E-step and pruning at the
-  first batch of every epoch past the warm-up (spec §4.3), samples at the cycle ends, the
+* :class:`KeFanTraining` - the cyclical cosine step size (Ke & Fan), the E-step and pruning at the
+  first batch of every epoch past the warm-up (Ke & Fan), samples at the cycle ends, the
   sparsity log, BMA at the end;
 * :class:`SampleCollector` / :func:`load_samples` - weight samples as CPU state dicts, written to
   ``RUN/samples/sample_XX.pt``, read back as modules for ``bayescale.mc_predict(samples, x)``;
@@ -148,11 +148,11 @@ class KeFanTraining:
         self.collector.samples, self.collector.taken = box  # type: ignore[misc]
 
     def lr(self, step: int) -> float:
-        """h at 0-based ``step`` (spec §4.6, :func:`bayescale.schedules.cyclical_cosine`)."""
+        """h at 0-based ``step`` (Ke & Fan, :func:`bayescale.train.schedules.cyclical_cosine`)."""
         return cyclical_cosine(step, self.total, self.cycles, self.h0)
 
     def before_step(self, epoch: int, batch: int) -> None:
-        """E-step and pruning at the first batch of every epoch past the warm-up (spec §4.3)."""
+        """E-step and pruning at the first batch of every epoch past the warm-up (Ke & Fan)."""
         if batch == 0:
             due = [g for g in self.opt.param_groups if epoch > g["warm_up"]]
             if due:

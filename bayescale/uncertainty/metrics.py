@@ -290,7 +290,7 @@ def aurc(probs: Tensor, labels: Tensor, uncertainty: Tensor | None = None) -> fl
 
 # ------------------------------------------------------------------ BPrune metrics, bundles
 def mean_single_sample_accuracy(sample_probs: Tensor, labels: Tensor) -> float:
-    """Mean over the T passes of each pass's argmax accuracy (BPrune, spec 3.3 step 7).
+    """Mean over the T passes of each pass's argmax accuracy (BPrune step 7).
 
     This is not the accuracy of the MC-averaged prediction (:func:`accuracy` of the mean).
     """
@@ -301,7 +301,7 @@ def mean_single_sample_accuracy(sample_probs: Tensor, labels: Tensor) -> float:
 def heldout_log_likelihood(mean_probs: Tensor, labels: Tensor, eps: float = 1e-12) -> float:
     """Held-out log-likelihood mean_i log p(y_i | x_i) under the MC-averaged probs, in nats.
 
-    BPrune's "held-out nats" (spec 3.3 step 7); equals ``-nll(mean_probs, labels)``.
+    BPrune's "held-out nats" (BPrune step 7); equals ``-nll(mean_probs, labels)``.
     """
     return -nll(mean_probs, labels, eps)
 

@@ -8,7 +8,7 @@ Matplotlib's object API with the Agg canvas is used (no pyplot, no global backen
 an optional dependency: ``pip install "bayescale[plot]"``.
 
 References:
-    Seed tutorial figures (spec 2.9): Fig. 3, posterior means / std devs per layer at two training
+    Seed tutorial figures: Fig. 3, posterior means / std devs per layer at two training
     steps; Fig. 4, density over MC draws of the true-class probability, one test image per class.
     Guo et al. 2017, arXiv:1706.04599 (reliability diagram); Geifman & El-Yaniv 2017
     (accuracy-coverage / selective prediction).

@@ -292,7 +292,7 @@ def mc_predict(
 
 
 def timed_mc_predict(*args: Any, **kwargs: Any) -> tuple[Tensor | RegressionPrediction, float]:
-    """:func:`mc_predict` and its wall time in seconds (BPrune's "inference runtime", spec 3.3).
+    """:func:`mc_predict` and its wall time in seconds (BPrune's "inference runtime").
 
     The time covers the T forward passes, softmax and averaging (CUDA is synchronised before
     reading the clock). Arguments are those of :func:`mc_predict`.
