@@ -2,7 +2,7 @@
 
 ``evaluate_run`` (``bayescale evaluate``) draws T weight samples once for the test set (and an
 out-of-distribution set), then computes everything from those samples with the pure functions of
-:mod:`bayescale.metrics` and :mod:`bayescale.uncertainty`:
+:mod:`bayescale.uncertainty.metrics` and :mod:`bayescale.uncertainty`:
 
 * accuracy, NLL, Brier, ECE of the MC-averaged probabilities; the mean single-sample accuracy and
   held-out log-likelihood ("held-out nats") of BPrune; MC inference time;

@@ -4,8 +4,8 @@
 real MNIST subset ``mnist-small``, evaluates it with T Monte Carlo weight draws and the real
 Fashion-MNIST subset ``fashion-mnist-small`` as the out-of-distribution set
 (:func:`bayescale.evaluate.evaluate_run`), and writes the HTML report
-(:func:`bayescale.report.write_report`): train -> evaluate with uncertainty -> report, a few
-minutes on 2 CPU cores, every stage through the same library functions as the CLI.
+(:func:`bayescale.uncertainty.report.write_report`): train -> evaluate with uncertainty -> report,
+a few minutes on 2 CPU cores, every stage through the same library functions as the CLI.
 
 :func:`run_digits` is the earlier, smaller example (``bayescale quickstart --digits``): a Bayesian
 CNN on scikit-learn's 8x8 digits written directly against the layers, the ELBO and

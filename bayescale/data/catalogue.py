@@ -1,10 +1,10 @@
 """Data set catalogue: verified downloads, the name registry and small built-in data sets.
 
-``load_dataset(name)`` returns a :class:`~bayescale.datasets.TensorSplit`. File-based sets
+``load_dataset(name)`` returns a :class:`~bayescale.data.datasets.TensorSplit`. File-based sets
 (MNIST, Fashion-MNIST, CIFAR-10/100) are looked up in ``root/<name>/`` (or ``root`` itself);
 ``root`` defaults to ``$BAYESCALE_DATA`` or ``~/.cache/bayescale``; for MNIST it may also be a
 Keras-format ``mnist.npz`` file. Generated, scikit-learn and the shipped ``mnist-small`` sets need
-no files (they live in :mod:`bayescale.builtin_data` and are re-exported here).
+no files (they live in :mod:`bayescale.data.builtin` and are re-exported here).
 """
 
 from __future__ import annotations
@@ -298,7 +298,7 @@ def load_mnist(root: str | Path | None = None, download: bool = False) -> Tensor
     """MNIST: 60000/10000 images ``[N, 1, 28, 28]`` in [0, 1].
 
     ``root`` is a cache directory (IDX files), or a Keras-format ``mnist.npz`` file (read with
-    :func:`~bayescale.datasets.read_mnist_npz`; ``download`` does not apply to it).
+    :func:`~bayescale.data.datasets.read_mnist_npz`; ``download`` does not apply to it).
     """
     if _is_npz(root):
         return read_mnist_npz(root, "mnist", MNIST_CLASSES)

@@ -2,7 +2,7 @@
 
 Formats: MNIST / Fashion-MNIST IDX files (gzipped or raw), the Keras ``mnist.npz``, and
 CIFAR-10 / CIFAR-100 in both the binary and the python-pickle versions (read through the
-restricted unpickler of :mod:`bayescale.safe_pickle`). Images come back as float32
+restricted unpickler of :mod:`bayescale.data.safe_pickle`). Images come back as float32
 ``[N, C, H, W]`` in ``[0, 1]``; CIFAR can additionally have the per-pixel training mean subtracted.
 """
 

@@ -10,7 +10,7 @@ A weight tensor ``[out, in, *kernel]`` (Linear: ``[out, in]``) is split into gro
 
 :func:`group_view` returns the ``(num_groups, group_size)`` matrix that every statistic below
 reduces over its last dim; :func:`expand_group_mask` maps a per-group decision back onto the
-weight's shape. BPrune's structured variant (:mod:`bayescale.pruning`) and the Ke & Fan
+weight's shape. BPrune's structured variant (:mod:`bayescale.pruning.bprune`) and the Ke & Fan
 spike-and-slab E-step and hard pruning (:mod:`bayescale.kefan`) are both written with
 these functions.
 """

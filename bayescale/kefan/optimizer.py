@@ -43,7 +43,8 @@ constructor and ``SGHMC_SPL.md`` signature (step default T = 1/50000, policy ``"
 Example 1, T = N^-1/2, warm-up 50, policy ``"fc"``, M = 6). Learning rates: notebooks h0 = 0.01,
 CIFAR scripts h0 = 1.
 
-**Groups** (Ke & Fan; :mod:`bayescale.groups` does the maths): ``"cnn"`` conv weights, E-step per
+**Groups** (Ke & Fan; :mod:`bayescale.kefan.groups` does the maths): ``"cnn"`` conv weights, E-step
+per
 k x k kernel slice, input channels and filters pruned when their range ``max - min`` is below the
 hard threshold; ``"fc"`` 2-D weights by input column; ``"gnn"`` 2-D weights by output row (both
 pruned by mean square); ``"cnn_fc"`` conv weights as ``"cnn"`` and linear weights as ``"fc"``;
@@ -52,7 +53,7 @@ pruned by mean square); ``"cnn_fc"`` conv weights as ``"cnn"`` and linear weight
 **Data-parallel**: gradients arrive all-reduced, and the noise comes from the optimizer's own
 generator, seeded alike on every rank and saved in ``state_dict``, so ranks stay bit-identical.
 
-Training with it (cyclical schedule, samples, BMA, sparsity log): :mod:`bayescale.kefan_run`.
+Training with it (cyclical schedule, samples, BMA, sparsity log): :mod:`bayescale.train.sghmc`.
 
 References:
     Ke & Fan, "On the optimization and pruning for Bayesian deep learning", arXiv:2210.12957.
@@ -286,7 +287,7 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
     @torch.no_grad()
     def em_step(self, groups: list[dict[str, Any]] | None = None) -> None:
         """Spike-and-slab E-step and permanent group pruning (Ke & Fan) of every parameter with
-        a rule, in ``groups`` (default all); the pure functions of :mod:`bayescale.groups`
+        a rule, in ``groups`` (default all); the pure functions of :mod:`bayescale.kefan.groups`
         decide, on the current weights. As in the spec, the next update zeroes what was pruned
         (``w <- (w + tau r) * hard_mask``) and keeps it zero."""
         self._init_states()

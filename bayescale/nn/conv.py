@@ -1,7 +1,7 @@
 """Bayesian convolutions BayesConv1d/2d/3d: every option of ``nn.ConvNd``, any estimator.
 
-The posterior, prior, estimators and KL live in :class:`bayescale.layers.BayesianLayer`; this file
-only adds the convolution op, its arguments and input checks. Flipout's sign vectors have shape
+The posterior, prior, estimators and KL live in :class:`bayescale.nn.layers.BayesianLayer`; this
+file only adds the convolution op, its arguments and input checks. Flipout's sign vectors have shape
 [N, C, 1, ..., 1]: one sign per example per channel, shared over space (as TFP's Conv*Flipout).
 """
 

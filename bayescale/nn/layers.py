@@ -160,7 +160,7 @@ class BayesianLayer(nn.Module):
             if mask.shape != self.weight_mu.shape or mask.dtype != torch.bool:
                 raise ValueError(f"weight_mask must be a bool tensor of shape "
                                  f"{tuple(self.weight_mu.shape)}, got {mask.dtype} "
-                                 f"{tuple(mask.shape)}; build it with bayescale.pruning")
+                                 f"{tuple(mask.shape)}; build it with bayescale.pruning.bprune")
             mask = mask.to(self.weight_mu.device)
         self.weight_mask = mask
         self._masked = mask is not None

@@ -67,7 +67,7 @@ def prunable_layers(model: nn.Module) -> dict[str, BayesianLayer]:
     if not layers:
         raise ValueError(f"{type(model).__name__} has no Bayesian layers (BayesLinear/BayesConv*) "
                          "to prune by SNR; convert it with bayescale.bayesianize(model), or remove "
-                         "zero units of a deterministic net with bayescale.compact.compact")
+                         "zero units of a deterministic net with bayescale.pruning.compact.compact")
     return layers
 
 
@@ -382,7 +382,7 @@ def prune_run(path: str | Path, *, thresholds: Sequence[float] = (),
     The table starts with the unpruned model (threshold 0, BPrune's inference mode) when
     ``baseline``. Writes ``bprune.csv``, ``snr.png`` and ``accuracy_vs_pruned.png``; with
     ``save`` (one threshold or sparsity, one mode) also ``model_pruned.pt``, a checkpoint that
-    :func:`bayescale.runs.load_run` opens (``model.pt`` is never touched).
+    :func:`bayescale.train.runs.load_run` opens (``model.pt`` is never touched).
     """
     from ..train.checkpoint import save_checkpoint
     from ..train.config import config_to_dict

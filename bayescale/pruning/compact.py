@@ -1,7 +1,7 @@
 """Structured pruning and physical compaction: remove whole units so inference is really faster.
 
-Masking a weight to zero (:mod:`bayescale.pruning`) leaves every matrix its full size. Here whole
-output units (Linear rows, conv filters) go, with the matching inputs of the next layer, and a
+Masking a weight to zero (:mod:`bayescale.pruning.bprune`) leaves every matrix its full size. Here
+whole output units (Linear rows, conv filters) go, with the matching inputs of the next layer, and a
 physically smaller network is rebuilt. It works on chains: ``nn.Sequential`` models (nested
 Sequentials allowed) of Linear/Conv layers, plain or Bayesian, with channel-wise modules between
 them (activations, BatchNorm, pooling, dropout, Flatten), i.e. the seed models, VGGs and MLPs.
@@ -19,7 +19,7 @@ the unit stays (see :func:`compaction_plan`). :func:`mask_units` removes a unit 
 weights (mu and sigma), bias and the affine of the BatchNorm after it, so its output is exactly 0.
 
 Scores: Bayesian layers use the group SNR ||mu_g|| / ||sigma_g|| over each unit's weights
-(:func:`bayescale.groups.group_snr`); deterministic ones the unit's L2 norm.
+(:func:`bayescale.kefan.groups.group_snr`); deterministic ones the unit's L2 norm.
 
 References:
     Sharma & Jennings 2020 (SNR pruning, arXiv:2005.11619); Li et al., "Pruning filters for
@@ -84,7 +84,7 @@ def _chain(model: nn.Module) -> list[tuple[str, nn.Module]]:
                 f"compaction works on nn.Sequential chains; {prefix or 'the model'} is a "
                 f"{type(m).__name__} with its own forward (e.g. a residual block), whose channel "
                 "dependencies cannot be read off the chain. Prune such networks by masks "
-                "(bayescale.pruning) or with a dependency-graph pruner (Torch-Pruning)")
+                "(bayescale.pruning.bprune) or with a dependency-graph pruner (Torch-Pruning)")
 
     walk("", model)
     return out

@@ -8,7 +8,7 @@
 What is exportable:
 
 * ``mc=False`` (default): the posterior-mean network
-  (:func:`bayescale.compact.posterior_mean_model`, W = mu * mask): plain Linear/Conv layers,
+  (:func:`bayescale.pruning.compact.posterior_mean_model`, W = mu * mask): plain Linear/Conv layers,
   exports like any torch model; deterministic.
 * ``mc=True``: every Bayesian layer becomes a small sampling layer that draws one weight
   W = m * (mu + sigma * eps), eps ~ N(0, I), per call, shared by the batch (ONNX

@@ -13,7 +13,7 @@ this module lets Torch-Pruning (Fang et al., "DepGraph: Towards any structural p
 (Bayesian: weight mask and bias; BatchNorm: gamma and beta), which computes the same function as
 the compacted one: the test of exactness. Torch-Pruning is the optional ``prune`` extra
 (``pip install 'bayescale[prune]'``). Chains without skips need none of this:
-:func:`bayescale.compact.structured_prune`.
+:func:`bayescale.pruning.compact.structured_prune`.
 """
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def plot_snr_distribution(scores: Mapping[str, Tensor], path: str | Path,
     """Histogram of log10(|mu|/sigma) per layer (zeros, i.e. pruned weights, left out).
 
     Args:
-        scores: :func:`bayescale.pruning.snr_scores` of a model.
+        scores: :func:`bayescale.pruning.bprune.snr_scores` of a model.
         path: output image (PNG, SVG, ... by suffix).
         thresholds: SNR thresholds to mark as vertical lines.
     """
@@ -75,7 +75,7 @@ def plot_accuracy_vs_sparsity(rows: Sequence[Mapping[str, Any]], path: str | Pat
     """Accuracy (single-sample and MC-averaged) against % pruned, one line per mode.
 
     Args:
-        rows: :func:`bayescale.pruning.bprune_table` rows.
+        rows: :func:`bayescale.pruning.bprune.bprune_table` rows.
         path: output image.
     """
     plt = _pyplot()

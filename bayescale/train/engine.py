@@ -1,21 +1,22 @@
 """The training engine: ``train(config)`` (what ``bayescale train`` calls).
 
-One loop for one process and for many (``torch.distributed``, see :mod:`bayescale.distributed`):
+One loop for one process and for many (``torch.distributed``, see
+:mod:`bayescale.train.distributed`):
 
-* loss = the ELBO of :mod:`bayescale.elbo`, mean NLL + beta_t * KL / N_train with N_train the whole
-  training set; DDP averages gradients over ranks, so the KL is counted once per step;
+* loss = the ELBO of :mod:`bayescale.nn.elbo`, mean NLL + beta_t * KL / N_train with N_train the
+  whole training set; DDP averages gradients over ranks, so the KL is counted once per step;
 * every rank draws its own weight noise (seed + rank) while parameters stay identical (rank 0's
   initial state is broadcast, gradients are all-reduced);
 * strong scaling (the seed's Horovod recipe: fixed total budget, steps per rank = budget /
   world_size) or weak scaling (fixed steps per rank); the lr optionally scaled by world_size;
 * held-out evaluation with MC prediction, sharded over ranks and summed;
-* rank 0 writes the run directory (:mod:`bayescale.runlog`) and atomic checkpoints;
+* rank 0 writes the run directory (:mod:`bayescale.train.runlog`) and atomic checkpoints;
   ``resume`` continues exactly (model, optimizer, step, every rank's RNG state);
 * ``resume="auto"`` continues ``output.dir/output.name`` if it holds a checkpoint, else starts it:
   the same command line then survives ``torchrun --max-restarts=N`` restarts of the whole group
   after a worker dies (and requeued batch jobs); each resume is logged to ``resumes.jsonl``;
 * a collective that times out (``dist.timeout_s``: a worker stopped responding) or loses a peer
-  raises :class:`~bayescale.distributed.CollectiveError` naming the cause and the fix, and the
+  raises :class:`~bayescale.train.distributed.CollectiveError` naming the cause and the fix, and the
   process exits without waiting on the broken group;
 * a non-finite loss or gradient stops the run with :class:`TrainingDiverged`; the last good
   checkpoint is left untouched.
@@ -370,7 +371,7 @@ class _Trainer:
 
 def train(cfg: Config | dict, *, resume: str | Path | None = None, data: Any = None,
           run_dir: str | Path | None = None) -> dict[str, Any]:
-    """Train ``cfg`` (a :class:`~bayescale.config.Config` or nested dict); return a summary.
+    """Train ``cfg`` (a :class:`~bayescale.train.config.Config` or nested dict); return a summary.
 
     Launch with plain ``python``, ``torchrun``, ``srun`` or ``mpirun``: the process group is set
     up from the environment (and torn down again if this call created it).
@@ -380,7 +381,7 @@ def train(cfg: Config | dict, *, resume: str | Path | None = None, data: Any = N
         resume: a run directory (or checkpoint file) to continue exactly, or ``"auto"``:
             continue ``output.dir/output.name`` from its newest intact checkpoint if it has one,
             else start it there (what ``torchrun --max-restarts=N`` restarts need).
-        data: a :class:`~bayescale.datasets.TensorSplit` to use instead of ``cfg.data``.
+        data: a :class:`~bayescale.data.datasets.TensorSplit` to use instead of ``cfg.data``.
         run_dir: write here instead of ``output.dir/output.name``.
 
     Raises:

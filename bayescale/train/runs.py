@@ -1,7 +1,7 @@
 """Open what ``bayescale train`` wrote: the model, its config and its data, for evaluation,
 prediction, pruning and reports.
 
-    run = bayescale.runs.load_run("runs/BNN_conv_flip-mnist")   # or ".../checkpoint.pt"
+    run = bayescale.train.runs.load_run("runs/BNN_conv_flip-mnist")   # or ".../checkpoint.pt"
     probs = bayescale.mc_predict(run.model, run.data().test.x[:512], 100)
 
 The model is rebuilt from the run's ``config.yaml`` (or the checkpoint's copy of it) and its

@@ -53,7 +53,7 @@ def kl_weight_cyclical(step: int, total_steps: int, cycles: int = 4, ratio: floa
 def kl_weight_at(step: int, total_steps: int, weight: float = 1.0, schedule: str = "constant",
                  anneal_steps: int = 0, cycles: int = 4, ratio: float = 0.5,
                  batch_index: int = 0, batches_per_epoch: int = 1) -> float:
-    """beta_t: the factor on KL / N_train at ``step`` (see :mod:`bayescale.elbo`)."""
+    """beta_t: the factor on KL / N_train at ``step`` (see :mod:`bayescale.nn.elbo`)."""
     if schedule == "constant":
         return weight
     if schedule == "linear":

@@ -8,7 +8,8 @@ unless ``return_samples=True``.
 
 ``model`` may also be a sequence of modules (an ensemble, or weight samples collected by an
 SG-MCMC optimizer such as Ke & Fan's SGHMC): each member is one sample of the Bayesian model
-average. Uncertainty decompositions live in :mod:`bayescale.decomposition` (re-exported here).
+average. Uncertainty decompositions live in :mod:`bayescale.uncertainty.decomposition` (re-exported
+here).
 
 References:
     Gal & Ghahramani, "Dropout as a Bayesian Approximation", ICML 2016 (MC averaging).

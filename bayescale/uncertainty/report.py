@@ -4,8 +4,9 @@ Sections: run config summary, training curve, evaluation metrics, reliability, u
 OOD detection, MC draws per class, posterior convergence, pruning (``RUN/prune/*.csv`` as tables,
 ``RUN/prune/*.png`` as figures, ``RUN/sparsity.csv``) and timing. Every figure is a PNG embedded
 as base64 (``<img src="data:image/png;base64,...">``); there are no scripts, style sheets or links
-outside the file, so it can be mailed or archived as is. Figures come from :mod:`bayescale.plots`
-(matplotlib); without matplotlib the report has the tables and says how to get the figures.
+outside the file, so it can be mailed or archived as is. Figures come from
+:mod:`bayescale.uncertainty.plots` (matplotlib); without matplotlib the report has the tables and
+says how to get the figures.
 
 The report is written to ``RUN/report.html``, or ``report-2.html``, ``report-3.html``, ... when
 that name is taken: an existing report is never overwritten.
