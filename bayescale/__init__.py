@@ -1,7 +1,19 @@
 """bayescale: Bayesian neural networks at scale on PyTorch.
 
-Mean-field variational layers (reparameterization, Flipout, local reparameterization), one ELBO
-convention, ``bayesianize`` for any ``nn.Module``, and sampling control.
+One subpackage per part of the system; each imports only the parts above it in this list:
+
+* :mod:`bayescale.nn` - mean-field layers (reparameterization, Flipout, local reparameterization),
+  priors, ``bayesianize`` for any ``nn.Module``, sampling control and the one ELBO convention;
+* :mod:`bayescale.data` - data set catalogue, verified downloads, readers, shipped sets, loader;
+* :mod:`bayescale.models` - the model zoo (one definition per architecture) and its registry;
+* :mod:`bayescale.uncertainty` - MC prediction, aleatoric/epistemic split, metrics, plots, report;
+* :mod:`bayescale.kefan` - Ke & Fan's adaptive SGHMC optimizer and spike-and-slab weight groups;
+* :mod:`bayescale.train` - the training engine, configs, checkpoints, ``torch.distributed``, runs;
+* :mod:`bayescale.pruning` - BPrune (SNR), structured compaction, graph pruning, export;
+* :mod:`bayescale.scale` - the worker-count scaling study, performance model, benchmark helpers;
+
+then :mod:`bayescale.evaluate` (evaluate/predict a trained run), :mod:`bayescale.quickstart` and
+:mod:`bayescale.cli`. The names below are the public API.
 """
 
 from __future__ import annotations
