@@ -1,19 +1,19 @@
-"""Run every benchmark of the project, then regenerate the README's tables (about 30 min, 2 cores).
+"""Run every benchmark of the project, then regenerate the docs' tables (about 30 min, 2 cores).
 
     python benchmarks/run_all.py --data-root ../shared/data          # the whole suite
     python benchmarks/run_all.py --only layers mc_predict             # some of it
     python benchmarks/run_all.py --list                               # what would run
-    python benchmarks/run_all.py --full                               # the README's sizes
+    python benchmarks/run_all.py --full                               # the published sizes
 
-The default ("suite") sizes are smaller than the README's full runs (fewer rounds, steps and
+The default ("suite") sizes are smaller than the published full runs (fewer rounds, steps and
 epochs) so the whole set finishes in about half an hour. They write their JSON with provenance
 (and figures) under ``bench_out/suite/`` (``$BAYESCALE_RESULTS_DIR``) and the tables to
-``bench_out/suite/TABLES.md``, leaving the README's results alone. ``--full`` uses the commands
-written under each README table, writes to benchmarks/results/ and docs/figures/, then
-benchmarks/tables.py rewrites the README's tables. Benchmarks run one at a time (timings on a
-shared 2-core machine are meaningless otherwise). Data-dependent entries are skipped, with a
-note, when ``--data-root`` does not hold the data they need; the peers entry needs the
-``peers`` extra (``pip install -c constraints.txt -e ".[peers]"``).
+``bench_out/suite/TABLES.md``, leaving the published results alone. ``--full`` uses the commands
+written under each table in docs/*.md, writes to benchmarks/results/ and docs/figures/, then
+benchmarks/tables.py rewrites the tables in README.md and docs/*.md. Benchmarks run one at a time
+(timings on a shared 2-core machine are meaningless otherwise). Data-dependent entries are
+skipped, with a note, when ``--data-root`` does not hold the data they need; the peers entry needs
+the ``peers`` extra (``pip install -c constraints.txt -e ".[peers]"``).
 """
 
 from __future__ import annotations
@@ -93,7 +93,8 @@ def main() -> None:
                    help="folder with cifar10/ in binary form (make_cifar10_bin.py)")
     p.add_argument("--only", nargs="*", help="run only these entries")
     p.add_argument("--skip", nargs="*", default=[], help="skip these entries")
-    p.add_argument("--full", action="store_true", help="the README's full sizes")
+    p.add_argument("--full", action="store_true",
+                   help="the published full sizes (the commands in docs/*.md)")
     p.add_argument("--list", action="store_true")
     a = p.parse_args()
     entries = suite(a.data_root, a.cifar_root, a.full)

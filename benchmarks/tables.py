@@ -1,11 +1,13 @@
-"""Render the README's benchmark tables from benchmarks/results/*.json.
+"""Render the benchmark tables of README.md and docs/*.md from benchmarks/results/*.json.
 
-    python benchmarks/tables.py            # rewrite every table between its README markers
-    python benchmarks/tables.py --check    # exit 1 if the README is out of date
+    python benchmarks/tables.py            # rewrite every table between its markers, in every page
+    python benchmarks/tables.py --check    # exit 1 (naming the pages) if any page is out of date
     python benchmarks/tables.py --results DIR --summary DIR/TABLES.md   # tables of another run
 
-Each table lives between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` in README.md; the
-prose around it is written by hand. A table whose JSON is missing is left as it is.
+Each table lives between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` in one of the
+documentation pages: README.md and every docs/*.md (today docs/training.md, docs/scaling.md
+and docs/peers.md hold them all); the prose around it is written by hand. A table whose JSON is
+missing is left as it is; a page without markers is left alone.
 """
 
 from __future__ import annotations
@@ -20,7 +22,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
 RES = ROOT / "benchmarks" / "results"  # --results changes it
+
+
+def pages() -> list[Path]:
+    """The pages that may hold tables: README.md, then docs/*.md in name order."""
+    return [README] + sorted(DOCS.glob("*.md"))
 
 
 def _load(name: str) -> dict | None:
@@ -191,15 +199,25 @@ def render(text: str) -> tuple[str, list[str]]:
     return text, done
 
 
-def summary(text: str) -> str:
-    """Only the tables, each under its README heading (for a results folder not the README's)."""
+def summary(text: str, page: str | None = None) -> str:
+    """Only the tables of one page, each under its heading (for a results folder not the repo's)."""
     rendered, done = render(text)
-    parts = [f"# Benchmark tables from {RES}\n"]
+    parts = []
     for name in done:
         m = re.search(rf"<!-- bench:{name} -->\n(.*?)\n<!-- /bench:{name} -->", rendered, re.S)
         heads = re.findall(r"^#+ .*$", rendered[: m.start()], re.M)
-        parts.append(f"## {name}" + (f" ({heads[-1].lstrip('# ')})" if heads else "") + "\n\n"
-                     + m.group(1) + "\n")
+        where = ", ".join(([page] if page else []) + ([heads[-1].lstrip("# ")] if heads else []))
+        parts.append(f"## {name}" + (f" ({where})" if where else "") + "\n\n" + m.group(1) + "\n")
+    return "\n".join(parts)
+
+
+def summaries(files: list[Path]) -> str:
+    """The tables of every page in ``files``, in page order, as one Markdown file."""
+    parts = [f"# Benchmark tables from {RES}\n"]
+    for path in files:
+        part = summary(path.read_text(), str(path.relative_to(ROOT)))
+        if part:
+            parts.append(part)
     return "\n".join(parts)
 
 
@@ -207,23 +225,33 @@ def main() -> None:
     global RES
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--check", action="store_true", help="only check the README is up to date")
+    p.add_argument("--check", action="store_true",
+                   help="only check that README.md and docs/*.md are up to date")
     p.add_argument("--results", type=Path, default=RES, help="folder of the JSON results")
     p.add_argument("--summary", type=Path,
-                   help="write the tables to this file instead of rewriting the README")
+                   help="write the tables to this file instead of rewriting the pages")
     a = p.parse_args()
     RES = a.results
-    old = README.read_text()
+    files = pages()
     if a.summary:
         a.summary.parent.mkdir(parents=True, exist_ok=True)
-        a.summary.write_text(summary(old))
+        a.summary.write_text(summaries(files))
         print("wrote", a.summary)
         return
-    new, done = render(old)
+    stale, regenerated = [], []
+    for path in files:
+        old = path.read_text()
+        new, done = render(old)
+        regenerated += [f"{name} ({path.relative_to(ROOT)})" for name in done]
+        if new != old:
+            stale.append(path)
+            if not a.check:
+                path.write_text(new)
     if a.check:
-        sys.exit(0 if new == old else 1)
-    README.write_text(new)
-    print("regenerated:", ", ".join(done) or "nothing")
+        for path in stale:
+            print("out of date:", path.relative_to(ROOT), file=sys.stderr)
+        sys.exit(1 if stale else 0)
+    print("regenerated:", ", ".join(regenerated) or "nothing")
 
 
 if __name__ == "__main__":
