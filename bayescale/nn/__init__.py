@@ -40,6 +40,7 @@ from .priors import (
 )
 from .sampling import (
     bayesian_layers,
+    draws,
     fixed_sample,
     mean_weights,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "DEFAULT_MAPPING",
     "bayesianize",
     "bayesian_layers",
+    "draws",
     "mean_weights",
     "fixed_sample",
     "LIKELIHOODS",

@@ -101,6 +101,21 @@ class _BayesConvNd(BayesianLayer):
         padding = 0 if self._pad is not None else self.padding
         return self._conv(x, weight, bias, self.stride, padding, self.dilation, self.groups)
 
+    def _op_draws(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """K draws as one grouped convolution: draw k's channels form groups k*g ... k*g+g-1."""
+        k, n = weight.shape[0], self._nd
+        if x.dim() != n + 2:
+            return super()._op_draws(x, weight, bias)
+        rows, c, spatial = x.shape[0] // k, x.shape[1], x.shape[2:]
+        xg = x.reshape(k, rows, c, *spatial).transpose(0, 1).reshape(rows, k * c, *spatial)
+        padding = 0 if self._pad is not None else self.padding
+        out = self._conv(xg, weight.reshape(k * weight.shape[1], *weight.shape[2:]),
+                         None if bias is None else bias.reshape(-1), self.stride, padding,
+                         self.dilation, self.groups * k)
+        o = self.out_channels
+        return out.reshape(rows, k, o, *out.shape[2:]).transpose(0, 1).reshape(
+            k * rows, o, *out.shape[2:])
+
     def _prepare_input(self, x: Tensor) -> Tensor:
         name, n = type(self).__name__, self._nd
         check_float_input(x, name)

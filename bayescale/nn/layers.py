@@ -41,7 +41,7 @@ from .priors import (
 __all__ = ["ESTIMATORS", "BayesianLayer", "BayesLinear"]
 
 ESTIMATORS = ("reparam", "flipout", "local")
-_MODES = ("sample", "mean", "fixed")
+_MODES = ("sample", "mean", "fixed", "draws")
 _VAR_FLOOR = 1e-16  # keeps sqrt differentiable where op(x^2, sigma^2) == 0 (e.g. dead inputs)
 
 
@@ -209,6 +209,8 @@ class BayesianLayer(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         x = self._prepare_input(x)
+        if self._mode == "draws":
+            return self._forward_draws(x)
         if self._masked:
             return self._forward_masked(x)
         if self._mode == "mean":
@@ -276,6 +278,36 @@ class BayesianLayer(nn.Module):
         if eps_b is not None:
             bias = torch.addcmul(self.bias_mu, self.bias_sigma, eps_b)
         return self._op(x, weight, bias)
+
+    def _forward_draws(self, x: Tensor) -> Tensor:
+        """K weight draws in one forward (:func:`bayescale.nn.sampling.draws`).
+
+        ``x`` holds K equal blocks of rows, draw-major: rows [k*B, (k+1)*B) see draw k, with
+        W_k = mu + sigma * eps_k (times the mask of a pruned layer), exactly what K successive
+        :func:`~bayescale.nn.sampling.fixed_sample` forwards compute.
+        """
+        eps_w, eps_b = self._fixed_eps
+        k = eps_w.shape[0]
+        if x.dim() < 2 or x.shape[0] % k:
+            raise ValueError(f"{type(self).__name__}: {k} weight draws per forward need a batch "
+                             f"of K * B rows, got input {tuple(x.shape)}")
+        mu, sigma = self.weight_mu, self.weight_sigma
+        if self._masked:
+            mu, sigma = mu * self.weight_mask, sigma * self.weight_mask
+        weight = torch.addcmul(mu, sigma, eps_w)  # (K, *weight_shape)
+        bias = self._bias_mean()
+        if eps_b is not None:
+            bias = torch.addcmul(self.bias_mu, self.bias_sigma, eps_b)  # (K, out)
+        elif bias is not None:
+            bias = bias.expand(k, *bias.shape)
+        return self._op_draws(x, weight, bias)
+
+    def _op_draws(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """The op with per-draw weights (K, ...) on draw-major rows; subclasses batch it."""
+        k = weight.shape[0]
+        parts = x.chunk(k)
+        return torch.cat([self._op(parts[i], weight[i], None if bias is None else bias[i])
+                          for i in range(k)])
 
     def _sign_shape(self, t: Tensor) -> tuple[int, ...]:
         k = self._sign_trailing_dims
@@ -392,6 +424,13 @@ class BayesLinear(BayesianLayer):
 
     def _op(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
         return F.linear(x, weight, bias)
+
+    def _op_draws(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        k, rows = weight.shape[0], x.shape[0] // weight.shape[0]
+        xk = x.reshape(k, -1, x.shape[-1])  # (K, B * extra dims, in)
+        wt = weight.transpose(1, 2)
+        out = torch.bmm(xk, wt) if bias is None else torch.baddbmm(bias.unsqueeze(1), xk, wt)
+        return out.reshape(rows * k, *x.shape[1:-1], weight.shape[1])
 
     def _prepare_input(self, x: Tensor) -> Tensor:
         check_float_input(x, "BayesLinear")

@@ -21,7 +21,7 @@ from torch import nn
 
 from .layers import BayesianLayer
 
-__all__ = ["bayesian_layers", "mean_weights", "fixed_sample"]
+__all__ = ["bayesian_layers", "mean_weights", "fixed_sample", "draws"]
 
 
 def bayesian_layers(model: nn.Module) -> list[BayesianLayer]:
@@ -45,6 +45,37 @@ def _mode(model: nn.Module, mode: str, draw: bool) -> Iterator[nn.Module]:
     finally:
         for layer, (mode_, eps) in zip(layers, saved, strict=True):
             layer._mode, layer._fixed_eps = mode_, eps
+
+
+@contextmanager
+def draws(model: nn.Module, k: int) -> Iterator[nn.Module]:
+    """Context manager: ``k`` weight draws per forward, on inputs stacked draw-major.
+
+    Inside, ``model(x.repeat(k, ...))`` (K blocks of the same B rows) returns the K outputs that
+    K successive :func:`fixed_sample` forwards would give, stacked the same way. The noise is
+    drawn in the order those K contexts would draw it, so under the same RNG state the samples
+    are the same ones. Linear layers run the draws as one ``bmm``, convolutions as one grouped
+    convolution (``groups * k``); deterministic layers see a batch of K * B rows.
+    """
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k (weight draws per forward) must be a positive int, got {k!r}")
+    layers = bayesian_layers(model)
+    saved = [(layer._mode, layer._fixed_eps) for layer in layers]
+    eps: list[tuple[list, list]] = [([], []) for _ in layers]
+    with torch.no_grad():
+        for _ in range(k):  # the RNG order of k successive fixed_sample draws
+            for (ws, bs), layer in zip(eps, layers, strict=True):
+                ws.append(torch.randn_like(layer.weight_mu))
+                if layer.bayesian_bias:
+                    bs.append(torch.randn_like(layer.bias_mu))
+    try:
+        for layer, (ws, bs) in zip(layers, eps, strict=True):
+            layer._fixed_eps = (torch.stack(ws), torch.stack(bs) if bs else None)
+            layer._mode = "draws"
+        yield model
+    finally:
+        for layer, (mode_, e) in zip(layers, saved, strict=True):
+            layer._mode, layer._fixed_eps = mode_, e
 
 
 def mean_weights(model: nn.Module):

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..nn.sampling import bayesian_layers, fixed_sample
+from ..nn.sampling import bayesian_layers, draws, fixed_sample
 from .decomposition import (
     decompose,
     decompose_regression,
@@ -135,38 +135,53 @@ def _device(model: nn.Module, fallback: torch.device) -> torch.device:
     return fallback if p is None else p.device
 
 
-def _passes(model: nn.Module | Sequence[nn.Module], members: list[nn.Module] | None,
-            num_passes: int) -> Iterator[tuple[nn.Module, Any]]:
-    """(network, context) per MC pass: a fresh fixed weight draw per pass where needed."""
+# ------------------------------------------------------------------ the passes
+def _outputs(model: nn.Module | Sequence[nn.Module], members: list[nn.Module] | None,
+             num_passes: int, x: Tensor, batch_size: int, k: int
+             ) -> Iterator[tuple[int, slice, Tensor]]:
+    """(pass t, input slice, model output) for every MC pass and input chunk.
+
+    Each slice sees t = 0, 1, 2, ... in order. One model with Bayesian layers and ``k > 1`` runs
+    ``k`` weight draws per forward (:func:`~bayescale.nn.sampling.draws`) on chunks of
+    ``max(1, batch_size // k)`` inputs repeated ``k`` times; the draws are the ones the loop of
+    :func:`~bayescale.nn.sampling.fixed_sample` passes would make.
+    """
+    if members is None and k > 1 and bayesian_layers(model):
+        device, rows = _device(model, x.device), max(1, batch_size // k)
+        for t0 in range(0, num_passes, k):
+            kk = min(k, num_passes - t0)
+            with draws(model, kk):
+                for i in range(0, x.shape[0], rows):
+                    sl = slice(i, i + rows)
+                    xb = x[sl].to(device, non_blocking=True)
+                    out = model(xb.repeat(kk, *([1] * (xb.dim() - 1))))
+                    for j, part in enumerate(out.chunk(kk)):
+                        yield t0 + j, sl, part
+        return
     for t in range(num_passes):
         net = model if members is None else members[t]
-        yield net, fixed_sample(net) if bayesian_layers(net) else contextlib.nullcontext()
-
-
-# ------------------------------------------------------------------ the passes
-def _chunks(net: nn.Module, x: Tensor, batch_size: int) -> Iterator[tuple[slice, Tensor]]:
-    device = _device(net, x.device)
-    for i in range(0, x.shape[0], batch_size):
-        sl = slice(i, i + batch_size)
-        yield sl, net(x[sl].to(device, non_blocking=True))
-
-
-def _classify(passes, num_passes: int, x: Tensor, batch_size: int, keep: bool) -> Tensor:
-    out: Tensor | None = None
-    for t, (net, ctx) in enumerate(passes):
+        ctx = fixed_sample(net) if bayesian_layers(net) else contextlib.nullcontext()
+        device = _device(net, x.device)
         with ctx:
-            for sl, logits in _chunks(net, x, batch_size):
-                if logits.dim() != 2:
-                    raise ValueError(f"classification expects logits (N, C) from the model, got "
-                                     f"{tuple(logits.shape)}; use task='regression' otherwise")
-                probs = torch.softmax(logits.float(), dim=-1)
-                if out is None:  # preallocated: no (T, N, C) copy from a final stack
-                    shape = (num_passes, *_full(probs, x)) if keep else _full(probs, x)
-                    out = probs.new_zeros(shape)
-                if keep:
-                    out[t, sl] = probs.to(out.device)
-                else:  # running sum: memory stays (N, C) whatever the number of samples
-                    out[sl] += probs.to(out.device)
+            for i in range(0, x.shape[0], batch_size):
+                sl = slice(i, i + batch_size)
+                yield t, sl, net(x[sl].to(device, non_blocking=True))
+
+
+def _classify(outputs, num_passes: int, x: Tensor, keep: bool) -> Tensor:
+    out: Tensor | None = None
+    for t, sl, logits in outputs:
+        if logits.dim() != 2:
+            raise ValueError(f"classification expects logits (N, C) from the model, got "
+                             f"{tuple(logits.shape)}; use task='regression' otherwise")
+        probs = torch.softmax(logits.float(), dim=-1)
+        if out is None:  # preallocated: no (T, N, C) copy from a final stack
+            shape = (num_passes, *_full(probs, x)) if keep else _full(probs, x)
+            out = probs.new_zeros(shape)
+        if keep:
+            out[t, sl] = probs.to(out.device)
+        else:  # running sum: memory stays (N, C) whatever the number of samples
+            out[sl] += probs.to(out.device)
     return out if keep else out.div_(num_passes)
 
 
@@ -186,32 +201,30 @@ def _split_head(out: Tensor, noise_std: float | None) -> tuple[Tensor, Tensor | 
     return mean, log_var.exp()
 
 
-def _regress(passes, num_passes: int, x: Tensor, batch_size: int, keep: bool,
+def _regress(outputs, num_passes: int, x: Tensor, keep: bool,
              noise_std: float | None) -> RegressionPrediction:
     # Welford's running mean / sum of squared deviations of the per-sample means (float64).
     mean = m2 = ale = s_mean = s_var = None
     dtype = torch.float32
-    for t, (net, ctx) in enumerate(passes):
-        with ctx:
-            for sl, out in _chunks(net, x, batch_size):
-                m, v = _split_head(out, noise_std)
-                if mean is None:
-                    dtype = torch.promote_types(out.dtype, torch.float32)
-                    mean, m2 = m.new_zeros(_full(m, x)), m.new_zeros(_full(m, x))
-                    ale = m.new_zeros(_full(m, x)) if v is not None else None
-                    if keep:
-                        s_mean = m.new_zeros((num_passes, *_full(m, x)), dtype=dtype)
-                        s_var = None if v is None else torch.zeros_like(s_mean)
-                m = m.to(mean.device)
-                delta = m - mean[sl]
-                mean[sl] += delta / (t + 1)
-                m2[sl] += delta * (m - mean[sl])
-                if v is not None:
-                    ale[sl] += v.to(ale.device)
-                if keep:
-                    s_mean[t, sl] = m.to(dtype)
-                    if v is not None:
-                        s_var[t, sl] = v.to(s_var.device, dtype)
+    for t, sl, out in outputs:
+        m, v = _split_head(out, noise_std)
+        if mean is None:
+            dtype = torch.promote_types(out.dtype, torch.float32)
+            mean, m2 = m.new_zeros(_full(m, x)), m.new_zeros(_full(m, x))
+            ale = m.new_zeros(_full(m, x)) if v is not None else None
+            if keep:
+                s_mean = m.new_zeros((num_passes, *_full(m, x)), dtype=dtype)
+                s_var = None if v is None else torch.zeros_like(s_mean)
+        m = m.to(mean.device)
+        delta = m - mean[sl]
+        mean[sl] += delta / (t + 1)
+        m2[sl] += delta * (m - mean[sl])
+        if v is not None:
+            ale[sl] += v.to(ale.device)
+        if keep:
+            s_mean[t, sl] = m.to(dtype)
+            if v is not None:
+                s_var[t, sl] = v.to(s_var.device, dtype)
     epistemic = m2 / num_passes
     aleatoric = ale / num_passes if ale is not None else torch.full_like(mean, noise_std**2)
     return RegressionPrediction(mean.to(dtype), aleatoric.to(dtype), epistemic.to(dtype),
@@ -229,7 +242,7 @@ def mc_predict(
     return_samples: bool = False,
     task: str = "classification",
     noise_std: float | None = None,
-    samples_per_chunk: int | None = None,
+    draws_per_pass: int = 1,
 ) -> Tensor | RegressionPrediction:
     """Monte Carlo predictive distribution: average over T weight samples.
 
@@ -250,10 +263,11 @@ def mc_predict(
         noise_std: regression only: the model outputs the mean and the observation noise is
             homoscedastic with this sd (``likelihood="gaussian"``). If None, the model must
             output (N, 2) = (mean, log-variance) (``likelihood="heteroscedastic"``).
-        samples_per_chunk: reserved for batching several weight draws into one forward; only
-            None or 1 is accepted. Not implemented because it cannot pay off here: with the
-            default batch the forward is compute-bound and the whole per-draw overhead (weight
-            sampling) is a few percent (benchmarks/mc_predict_bench.py).
+        draws_per_pass: K weight draws per forward for one model with Bayesian layers
+            (:func:`bayescale.nn.sampling.draws`: one ``bmm`` per Linear, one grouped
+            convolution per conv layer, on ``batch_size // K`` inputs repeated K times, so a
+            forward still holds about ``batch_size`` rows). Same draws as the loop (K = 1)
+            under the same RNG state, unless the forward itself draws random numbers (dropout).
 
     Returns:
         classification: mean softmax probabilities (N, C) float32, or (T, N, C) with
@@ -264,9 +278,9 @@ def mc_predict(
         raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if samples_per_chunk not in (None, 1):
-        raise ValueError(f"samples_per_chunk={samples_per_chunk} is not supported (one weight "
-                         "draw per forward); leave it None and raise batch_size instead")
+    if isinstance(draws_per_pass, bool) or not isinstance(draws_per_pass, int) \
+            or draws_per_pass < 1:
+        raise ValueError(f"draws_per_pass must be a positive int, got {draws_per_pass!r}")
     if noise_std is not None and (task != "regression" or not noise_std > 0):
         raise ValueError(f"noise_std (> 0) applies to task='regression' only, got {noise_std!r} "
                          f"with task={task!r}")
@@ -277,13 +291,13 @@ def mc_predict(
     total = num_passes
     if members is None and not _stochastic(model):
         num_passes = 1  # deterministic network: one pass gives every sample
-    passes = _passes(model, members, num_passes)
+    outputs = _outputs(model, members, num_passes, x, batch_size, draws_per_pass)
     if task == "classification":
-        probs = _classify(passes, num_passes, x, batch_size, return_samples)
+        probs = _classify(outputs, num_passes, x, return_samples)
         if return_samples and num_passes < total:
             probs = probs.repeat(total, 1, 1)
         return probs
-    pred = _regress(passes, num_passes, x, batch_size, return_samples, noise_std)
+    pred = _regress(outputs, num_passes, x, return_samples, noise_std)
     if return_samples and num_passes < total:
         reps = (total,) + (1,) * (pred.samples_mean.dim() - 1)
         pred.samples_mean = pred.samples_mean.repeat(reps)

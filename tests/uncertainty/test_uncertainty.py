@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import bayescale
-from bayescale import BayesLinear, fixed_sample, mc_predict
+from bayescale import BayesLinear, bayesianize, fixed_sample, mc_predict
 from bayescale.uncertainty.decomposition import (
     decompose,
     decompose_regression,
@@ -207,8 +207,8 @@ def test_bad_inputs_name_the_fix():
         mc_predict(model, x, task="segmentation")
     with pytest.raises(ValueError, match="heteroscedastic head"):
         mc_predict(model, x, task="regression")  # (N, 3) output is not (mean, log-var)
-    with pytest.raises(ValueError, match="samples_per_chunk"):
-        mc_predict(model, x, samples_per_chunk=4)
+    with pytest.raises(ValueError, match="draws_per_pass must be a positive int"):
+        mc_predict(model, x, draws_per_pass=0)
     with pytest.raises(TypeError, match="nn.Module"):
         mc_predict("model", x)
     with pytest.warns(UserWarning, match="eval"):
@@ -289,3 +289,39 @@ def test_predictions_feed_the_decomposition():
     d = decompose(samples)
     torch.testing.assert_close(d["total"], d["aleatoric"] + d["epistemic"], rtol=0, atol=1e-6)
     torch.testing.assert_close(d["total"], predictive_entropy(samples.mean(0)))
+
+
+@pytest.mark.parametrize("k", [2, 3, 7])
+def test_batched_draws_give_the_loops_samples(k):
+    """draws_per_pass=K: the same T weight draws as the loop (same seed), T not a multiple of K,
+    for classification and for a heteroscedastic regression head."""
+    torch.manual_seed(0)
+    net = bayesianize(nn.Sequential(nn.Conv1d(2, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                                    nn.Linear(4 * 6, 3))).double()
+    x = torch.randn(11, 2, 6, dtype=torch.float64)
+    runs = {}
+    for kk in (1, k):
+        torch.manual_seed(5)
+        runs[kk] = mc_predict(net, x, 10, batch_size=4, draws_per_pass=kk, return_samples=True)
+    torch.testing.assert_close(runs[k], runs[1], rtol=1e-12, atol=1e-12)
+    reg = bayesianize(nn.Sequential(nn.Linear(3, 8), nn.Tanh(), nn.Linear(8, 2))).double()
+    xr = torch.randn(9, 3, dtype=torch.float64)
+    preds = {}
+    for kk in (1, k):
+        torch.manual_seed(6)
+        preds[kk] = mc_predict(reg, xr, 10, batch_size=5, task="regression", draws_per_pass=kk)
+    for field in ("mean", "aleatoric", "epistemic", "total"):
+        torch.testing.assert_close(getattr(preds[k], field), getattr(preds[1], field),
+                                   rtol=1e-10, atol=1e-12)
+
+
+def test_batched_draws_leave_ensembles_and_deterministic_nets_alone():
+    members = [_mlp() for _ in range(3)]
+    x = torch.randn(5, 4)
+    torch.manual_seed(1)
+    batched = mc_predict(members, x, draws_per_pass=4)
+    torch.manual_seed(1)
+    torch.testing.assert_close(batched, mc_predict(members, x))
+    plain = nn.Linear(4, 3)
+    torch.testing.assert_close(mc_predict(plain, x, 8, draws_per_pass=4),
+                               torch.softmax(plain(x), -1).detach())
