@@ -30,21 +30,33 @@ def bayesian_layers(model: nn.Module) -> list[BayesianLayer]:
 
 
 @contextmanager
-def _mode(model: nn.Module, mode: str, draw: bool) -> Iterator[nn.Module]:
-    layers = bayesian_layers(model)
+def _switch(layers: list[BayesianLayer], mode: str, eps: list | None) -> Iterator[None]:
+    """Set every layer's mode (and noise, if given); restore both on exit, also on errors."""
     saved = [(layer._mode, layer._fixed_eps) for layer in layers]
     try:
-        for layer in layers:
-            if draw:
-                with torch.no_grad():
-                    eps_w = torch.randn_like(layer.weight_mu)
-                    eps_b = torch.randn_like(layer.bias_mu) if layer.bayesian_bias else None
-                layer._fixed_eps = (eps_w, eps_b)
+        for i, layer in enumerate(layers):
+            if eps is not None:
+                layer._fixed_eps = eps[i]
             layer._mode = mode
-        yield model
+        yield
     finally:
-        for layer, (mode_, eps) in zip(layers, saved, strict=True):
-            layer._mode, layer._fixed_eps = mode_, eps
+        for layer, (mode_, e) in zip(layers, saved, strict=True):
+            layer._mode, layer._fixed_eps = mode_, e
+
+
+@contextmanager
+def _mode(model: nn.Module, mode: str, draw: bool) -> Iterator[nn.Module]:
+    layers = bayesian_layers(model)
+    eps = [_noise(layer) for layer in layers] if draw else None
+    with _switch(layers, mode, eps):
+        yield model
+
+
+def _noise(layer: BayesianLayer) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One standard-normal draw for the weights (and the Bayesian bias) of ``layer``."""
+    with torch.no_grad():
+        eps_w = torch.randn_like(layer.weight_mu)
+        return eps_w, torch.randn_like(layer.bias_mu) if layer.bayesian_bias else None
 
 
 @contextmanager
@@ -60,22 +72,12 @@ def draws(model: nn.Module, k: int) -> Iterator[nn.Module]:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k (weight draws per forward) must be a positive int, got {k!r}")
     layers = bayesian_layers(model)
-    saved = [(layer._mode, layer._fixed_eps) for layer in layers]
-    eps: list[tuple[list, list]] = [([], []) for _ in layers]
-    with torch.no_grad():
-        for _ in range(k):  # the RNG order of k successive fixed_sample draws
-            for (ws, bs), layer in zip(eps, layers, strict=True):
-                ws.append(torch.randn_like(layer.weight_mu))
-                if layer.bayesian_bias:
-                    bs.append(torch.randn_like(layer.bias_mu))
-    try:
-        for layer, (ws, bs) in zip(layers, eps, strict=True):
-            layer._fixed_eps = (torch.stack(ws), torch.stack(bs) if bs else None)
-            layer._mode = "draws"
+    per_draw = [[_noise(layer) for layer in layers] for _ in range(k)]  # k fixed_sample draws
+    eps = [(torch.stack([d[i][0] for d in per_draw]),
+            torch.stack([d[i][1] for d in per_draw]) if layer.bayesian_bias else None)
+           for i, layer in enumerate(layers)]
+    with _switch(layers, "draws", eps):
         yield model
-    finally:
-        for layer, (mode_, e) in zip(layers, saved, strict=True):
-            layer._mode, layer._fixed_eps = mode_, e
 
 
 def mean_weights(model: nn.Module):
