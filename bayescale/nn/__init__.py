@@ -27,6 +27,7 @@ from .layers import (
     BayesianLayer,
     BayesLinear,
 )
+from .posterior import ParamPosterior
 from .priors import (
     INIT_PRESETS,
     GaussianPrior,
@@ -67,6 +68,7 @@ __all__ = [
     "draws",
     "mean_weights",
     "fixed_sample",
+    "ParamPosterior",
     "LIKELIHOODS",
     "ELBOTerms",
     "kl_divergence",
