@@ -8,6 +8,7 @@ One subpackage per part of the system; each imports only the parts above it in t
 * :mod:`bayescale.models` - the model zoo (one definition per architecture) and its registry;
 * :mod:`bayescale.uncertainty` - MC prediction, aleatoric/epistemic split, metrics, plots, report;
 * :mod:`bayescale.kefan` - Ke & Fan's adaptive SGHMC optimizer and spike-and-slab weight groups;
+* :mod:`bayescale.ivon` - IVON, natural-gradient variational learning of plain networks;
 * :mod:`bayescale.train` - the training engine, configs, checkpoints, ``torch.distributed``, runs;
 * :mod:`bayescale.pruning` - BPrune (SNR), structured compaction, graph pruning, export;
 * :mod:`bayescale.scale` - the worker-count scaling study, performance model, benchmark helpers;
@@ -19,6 +20,7 @@ then :mod:`bayescale.evaluate` (evaluate/predict a trained run), :mod:`bayescale
 from __future__ import annotations
 
 from .evaluate import evaluate_run, predict_run
+from .ivon.optimizer import IVON
 from .kefan.optimizer import SGHMCSpikeSlab
 from .models import count_parameters, get_model, list_models, register_model
 from .nn.conv import BayesConv1d, BayesConv2d, BayesConv3d
@@ -32,6 +34,7 @@ from .nn.elbo import (
     kl_weight_linear,
 )
 from .nn.layers import ESTIMATORS, BayesianLayer, BayesLinear
+from .nn.posterior import ParamPosterior
 from .nn.priors import (
     INIT_PRESETS,
     GaussianPrior,
@@ -121,6 +124,9 @@ __all__ = [
     "export_onnx",
     # the Ke & Fan optimizer
     "SGHMCSpikeSlab",
+    # IVON and the posterior it exports
+    "IVON",
+    "ParamPosterior",
     # model zoo
     "get_model",
     "list_models",

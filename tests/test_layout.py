@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parents[1] / "bayescale"
-ORDER = ["nn", "data", "models", "uncertainty", "kefan", "train", "pruning", "scale",
+ORDER = ["nn", "data", "models", "uncertainty", "kefan", "ivon", "train", "pruning", "scale",
          "evaluate", "quickstart", "cli", "__main__", "__init__"]
 FOUNDATIONS = {"nn", "data", "models"}
-HIGHER = {"train", "uncertainty", "pruning", "kefan", "scale", "cli", "evaluate", "quickstart"}
+HIGHER = {"train", "uncertainty", "pruning", "kefan", "ivon", "scale", "cli", "evaluate",
+          "quickstart"}
 
 
 def _module_name(path: Path, pkg: Path = PKG) -> list[str]:
@@ -71,8 +72,8 @@ def test_at_most_six_top_level_modules_and_one_subpackage_per_part():
     assert len(modules) <= 6, modules
     assert modules == ["__init__.py", "__main__.py", "cli.py", "evaluate.py", "quickstart.py"]
     packages = sorted(p.name for p in PKG.iterdir() if (p / "__init__.py").is_file())
-    assert packages == sorted(["nn", "data", "models", "uncertainty", "kefan", "train", "pruning",
-                               "scale"])
+    assert packages == sorted(["nn", "data", "models", "uncertainty", "kefan", "ivon", "train",
+                               "pruning", "scale"])
 
 
 def test_the_import_reader_sees_relative_lazy_and_absolute_imports(tmp_path):
