@@ -227,15 +227,18 @@ def evaluate_run(run: str | Path | Run, num_samples: int = 100, *, ood: str | No
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         samples, seconds = mc_sample_probs(predictor, test.x, num_samples, batch_size=batch_size,
-                                           desc=f"MC test ({len(test)})", progress=progress)
+                                           desc=f"MC test ({len(test)})", progress=progress,
+                                           posterior=run.posterior)
         res = summarize(samples, test.y, num_bins)
         if ood_set is not None:
             ood_samples, ood_seconds = mc_sample_probs(
                 predictor, ood_set.x, num_samples, batch_size=batch_size,
-                desc=f"MC OOD ({len(ood_set)})", progress=progress)
+                desc=f"MC OOD ({len(ood_set)})", progress=progress, posterior=run.posterior)
     arrays = res["arrays"]
     arrays["class_images"] = test.x[arrays["class_index"]]
-    bayesian = bool(bayesian_layers(run.model)) or len(collected) > 1
+    # an IVON run (RUN/posterior.pt) draws the plain net's weights from N(m, sigma^2)
+    bayesian = (bool(bayesian_layers(run.model)) or len(collected) > 1
+                or run.posterior is not None)
     metrics: dict[str, Any] = {
         "collected_samples": len(collected),
         "run": str(run.run_dir), "weights": str(run.weights), "model": run.config.model.name,
@@ -301,7 +304,8 @@ def predict_run(run: str | Path | Run, out: str | Path, *, inputs: str | Path | 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         samples, _ = mc_sample_probs(run.model, x, num_samples, batch_size=batch_size,
-                                     desc=f"MC predict ({len(x)})", progress=progress)
+                                     desc=f"MC predict ({len(x)})", progress=progress,
+                                     posterior=run.posterior)
     parts = decompose_draws(samples)
     prob, pred = samples.double().mean(0).max(-1)
     buf = io.StringIO()

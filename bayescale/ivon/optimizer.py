@@ -380,12 +380,6 @@ class IVON(torch.optim.Optimizer):
             names = [by_id.get(id(p), f"param{i}") for i, p in enumerate(params)]
         return ParamPosterior(params, [p.detach() for p in params], self.posterior_std(), names)
 
-    @contextlib.contextmanager
-    def sample(self, generator: torch.Generator | None = None) -> Iterator[None]:
-        """One draw for prediction (the :class:`ParamPosterior` interface); mean restored."""
-        with self.posterior().sample(generator=generator):
-            yield
-
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore the state; m/h keep their saved dtype (float32 for low-precision params)."""
         saved = {k: dict(v) for k, v in state_dict["state"].items()}

@@ -14,7 +14,7 @@ from ..data.datasets import Dataset, TensorSplit
 from ..data.loader import CropFlip, TensorLoader
 from ..uncertainty.predict import mc_predict
 from . import distributed as D
-from .config import Config, OptimConfig, SGHMCConfig
+from .config import Config, IVONConfig, OptimConfig, SGHMCConfig
 
 __all__ = ["load_data", "build_loader", "build_optimizer", "make_run_dir", "eval_sharded"]
 
@@ -65,11 +65,19 @@ def build_loader(cfg: Config, train: Dataset, rank: int, world: int,
 
 
 def build_optimizer(o: OptimConfig, params: Iterable[nn.Parameter], lr: float, *,
-                    sghmc: SGHMCConfig | None = None, num_train: int | None = None,
-                    seed: int = 0) -> torch.optim.Optimizer:
-    """Adam (the seed's), AdamW, SGD with momentum, or Ke & Fan's SGHMC (``sghmc`` settings,
-    ``num_train`` = N and the noise ``seed``, the same on every rank)."""
+                    sghmc: SGHMCConfig | None = None, ivon: IVONConfig | None = None,
+                    num_train: int | None = None, seed: int = 0) -> torch.optim.Optimizer:
+    """Adam (the seed's), AdamW, SGD with momentum, Ke & Fan's SGHMC (``sghmc`` settings,
+    ``num_train`` = N and the noise ``seed``, the same on every rank) or IVON (``ivon``
+    settings; ``ess`` defaults to ``num_train``)."""
     params = list(params)
+    if o.name == "ivon":
+        from .ivon import build_ivon
+
+        if num_train is None:
+            raise ValueError("optim.name=ivon needs num_train (the training-set size N)")
+        return build_ivon(params, lr, ivon or IVONConfig(), num_train,
+                          distributed=D.world_size() > 1)
     if o.name == "sghmc":
         from ..kefan.optimizer import SGHMCSpikeSlab
 

@@ -83,9 +83,11 @@ class TrainConfig:
 
 @dataclass
 class OptimConfig:
-    name: Literal["adam", "adamw", "sgd", "sghmc"] = _opt(
-        "adam", "optimizer (the seed uses adam; sghmc = Ke & Fan, settings in section sghmc)")
-    lr: float = _opt(1e-3, "base learning rate (sghmc: h0 = C^2 at the start of each cycle)")
+    name: Literal["adam", "adamw", "sgd", "sghmc", "ivon"] = _opt(
+        "adam", "optimizer (the seed uses adam; sghmc = Ke & Fan, settings in section sghmc; "
+                "ivon = IVON, settings in section ivon)")
+    lr: float = _opt(1e-3, "base learning rate (sghmc: h0 = C^2 at the start of each cycle; "
+                           "ivon: alpha, SGD-like with ivon.rescale_lr, e.g. 0.1)")
     momentum: float = _opt(0.9, "sgd momentum")
     nesterov: bool = _opt(False, "sgd Nesterov momentum")
     betas: list[float] = _opt([0.9, 0.999], "adam betas")
@@ -135,6 +137,25 @@ class SGHMCConfig:
 
 
 @dataclass
+class IVONConfig:
+    """IVON, natural-gradient variational learning of a deterministic net (optim.name=ivon;
+    bayescale.ivon; Shen et al. 2024). The learning rate is optim.lr."""
+
+    ess: float | None = _opt(None, "effective sample size lambda (default: the training-set "
+                                   "size); sigma = 1/sqrt(ess (h + weight_decay))")
+    hess_init: float = _opt(1.0, "h0, the initial Hessian estimate (sets the initial sigma)")
+    beta1: float = _opt(0.9, "momentum of the gradient average")
+    beta2: float = _opt(0.99999, "momentum of the Hessian estimate h")
+    weight_decay: float = _opt(1e-4, "delta, the prior precision per example (prior "
+                                     "N(0, 1/(ess delta)))")
+    mc_samples: int = _opt(1, "weight draws per step (each its own forward and backward)")
+    clip_radius: float | None = _opt(None, "clip the preconditioned update elementwise to "
+                                           "[-r, r] (null: no clipping)")
+    rescale_lr: bool = _opt(True, "multiply optim.lr by hess_init + weight_decay (the "
+                                  "paper's optional step-size rescaling)")
+
+
+@dataclass
 class KLConfig:
     weight: float = _opt(1.0, "beta: loss = NLL + beta * KL / N_train")
     schedule: Literal["constant", "linear", "cyclical", "blundell"] = _opt(
@@ -175,6 +196,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     sghmc: SGHMCConfig = field(default_factory=SGHMCConfig)
+    ivon: IVONConfig = field(default_factory=IVONConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     kl: KLConfig = field(default_factory=KLConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -329,6 +351,22 @@ def _check_values(cfg: Config) -> None:
     if (k.cycles is not None and k.cycles < 1) or k.samples_per_cycle < 0:
         raise ConfigError(f"need sghmc.cycles >= 1 and sghmc.samples_per_cycle >= 0, got "
                           f"{k.cycles} and {k.samples_per_cycle}")
+    _check_ivon(cfg.ivon)
+
+
+def _check_ivon(v: IVONConfig) -> None:
+    bad = [(key, val, need) for key, val, ok, need in [
+        ("ess", v.ess, v.ess is None or v.ess > 0, "> 0 or null"),
+        ("hess_init", v.hess_init, v.hess_init > 0, "> 0"),
+        ("beta1", v.beta1, 0 <= v.beta1 < 1, "in [0, 1)"),
+        ("beta2", v.beta2, 0 <= v.beta2 < 1, "in [0, 1)"),
+        ("weight_decay", v.weight_decay, v.weight_decay >= 0, ">= 0"),
+        ("mc_samples", v.mc_samples, v.mc_samples >= 1, ">= 1"),
+        ("clip_radius", v.clip_radius, v.clip_radius is None or v.clip_radius > 0,
+         "> 0 or null")] if not ok]
+    if bad:
+        key, val, need = bad[0]
+        raise ConfigError(f"ivon.{key} must be {need}, got {val}")
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:

@@ -45,6 +45,7 @@ from ..nn.elbo import elbo_terms
 from ..nn.priors import GaussianPrior
 from ..nn.sampling import bayesian_layers
 from . import distributed as D
+from . import ivon as IV
 from . import sghmc as KF
 from .builders import build_loader, build_optimizer, eval_sharded, load_data, make_run_dir
 from .checkpoint import (
@@ -187,8 +188,11 @@ class _Trainer:
         sghmc = cfg.optim.name == "sghmc"
         if sghmc:  # Ke & Fan: a deterministic net, mean NLL, noise seeded alike on every rank
             KF.check_model(self.base)
+        if cfg.optim.name == "ivon":  # IVON's posterior is over plain weights
+            IV.check_model(self.base, f"model {cfg.model.name}")
         self.opt = build_optimizer(cfg.optim, self.base.parameters(), self.base_lr,
-                                   sghmc=cfg.sghmc, num_train=self.num_train, seed=t.seed)
+                                   sghmc=cfg.sghmc, ivon=cfg.ivon, num_train=self.num_train,
+                                   seed=t.seed)
         self.step, self.time_to_train = 0, 0.0
         if ckpt is not None:
             self.base.load_state_dict(ckpt["model"])
@@ -303,11 +307,15 @@ class _Trainer:
                 wall0, t0 = time.time(), time.perf_counter()
                 xb = xb.to(self.device, non_blocking=True)
                 yb = yb.to(self.device, non_blocking=True)
-                with torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
-                    out = self.forward(xb)
-                terms = elbo_terms(out.float(), yb, self.base, self.num_train, beta)
                 self.opt.zero_grad(set_to_none=True)
-                terms.loss.backward()
+                n_draws = IV.num_draws(self.opt)
+                for draw in IV.draws(self.opt):  # IVON: mc_samples posterior draws, else one
+                    with draw:
+                        with torch.autocast(self.device.type, dtype=dtype,
+                                            enabled=dtype is not None):
+                            out = self.forward(xb)
+                        terms = elbo_terms(out.float(), yb, self.base, self.num_train, beta)
+                        (terms.loss / n_draws if n_draws > 1 else terms.loss).backward()
                 grads = [p.grad for p in params if p.grad is not None]
                 gnorm = torch.nn.utils.get_total_norm(grads)
                 if not math.isfinite(gnorm.item()) or not math.isfinite(terms.loss.item()):
@@ -359,6 +367,8 @@ class _Trainer:
             last_eval = self.evaluate(self.step / self.per_epoch, {"epoch_time_s": epoch_time})
         if self.main:
             torch.save(self.base.state_dict(), self.run_dir / "model.pt")
+            if cfg.optim.name == "ivon":  # N(m, sigma^2) for `bayescale evaluate` and pruning
+                IV.save_posterior(self.opt, self.base, self.run_dir)
         bma = self.kefan.finish(lambda models: eval_sharded(
             models, self.data.test, len(models), cfg.eval.batch_size, self.device,
             t.precision)) if self.kefan else {}

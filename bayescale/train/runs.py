@@ -21,6 +21,7 @@ from torch import nn
 
 from ..data.datasets import TensorSplit
 from ..models import get_model, model_spec
+from ..nn.posterior import ParamPosterior
 from ..nn.priors import GaussianPrior
 from .checkpoint import CheckpointError, load_checkpoint
 from .config import Config, config_from_dict
@@ -45,6 +46,7 @@ class Run:
     weights: Path
     step: int | None = None
     _data: TensorSplit | None = field(default=None, repr=False)
+    posterior: ParamPosterior | None = field(default=None, repr=False)  # IVON runs
 
     def data(self) -> TensorSplit:
         """The run's data set (loaded on first use, with the run's ``data.*`` settings)."""
@@ -105,4 +107,10 @@ def load_run(path: str | Path, map_location: str | torch.device = "cpu",
         raise CheckpointError(f"the weights in {str(weights)!r} do not fit model "
                               f"{cfg.model.name!r} of its config: {err}") from err
     model.to(map_location).eval()
-    return Run(model=model, config=cfg, run_dir=run_dir, weights=weights, step=step)
+    posterior = None
+    if weights.name == "model.pt":  # an IVON run's N(m, sigma^2), saved beside the final mean
+        from .ivon import load_posterior
+
+        posterior = load_posterior(run_dir, model)
+    return Run(model=model, config=cfg, run_dir=run_dir, weights=weights, step=step,
+               posterior=posterior)

@@ -40,26 +40,30 @@ PREDICTION_KEYS = {  # what predictions.npz holds (N test inputs, M OOD inputs, 
 
 
 def mc_sample_probs(model: torch.nn.Module, x: Tensor, num_samples: int, *,
-                    batch_size: int = 1000, desc: str = "MC", progress: bool = True
-                    ) -> tuple[Tensor, float]:
+                    batch_size: int = 1000, desc: str = "MC", progress: bool = True,
+                    posterior: Any = None) -> tuple[Tensor, float]:
     """Per-draw probabilities (T, N, C) and the seconds the T draws took (progress bar on).
 
     ``model`` may be a list of networks (weight samples collected by the Ke & Fan optimizer):
-    then each member is one draw and T = its length (Bayesian model averaging)."""
+    then each member is one draw and T = its length (Bayesian model averaging). ``posterior``
+    (a :class:`~bayescale.nn.posterior.ParamPosterior`, e.g. an IVON run's) draws the weights of
+    a deterministic ``model`` in place, one draw per sample."""
     if isinstance(model, (list, tuple)):
         with tqdm(total=len(model), desc=desc, disable=not progress, unit="draw") as bar:
             probs, dt = timed_mc_predict(list(model), x, None, batch_size=batch_size,
                                          return_samples=True)
             bar.update(len(model))
         return probs, dt
-    stochastic = bool(bayesian_layers(model))
+    stochastic = bool(bayesian_layers(model)) or posterior is not None
+    extra = {"posterior": posterior} if posterior is not None else {}
     step = max(1, math.ceil(num_samples / 20)) if stochastic else num_samples
     out: Tensor | None = None
     seconds, done = 0.0, 0
     with tqdm(total=num_samples, desc=desc, disable=not progress, unit="draw") as bar:
         while done < num_samples:
             k = min(step, num_samples - done)
-            probs, dt = timed_mc_predict(model, x, k, batch_size=batch_size, return_samples=True)
+            probs, dt = timed_mc_predict(model, x, k, batch_size=batch_size, return_samples=True,
+                                         **extra)
             if out is None:
                 out = probs.new_empty((num_samples, *probs.shape[1:]))
             out[done:done + k] = probs
