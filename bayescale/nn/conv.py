@@ -116,6 +116,24 @@ class _BayesConvNd(BayesianLayer):
         return out.reshape(rows, k, o, *out.shape[2:]).transpose(0, 1).reshape(
             k * rows, o, *out.shape[2:])
 
+    def _op_shared(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """K draws on the same B inputs: one convolution with K times the output channels.
+
+        Output channels are ordered (group, draw, channel) so that each of the ``groups``
+        blocks still sees its own input channels; the result is reordered draw-major.
+        """
+        if x.dim() != self._nd + 2:
+            return super()._op_shared(x, weight, bias)
+        k, g, o = weight.shape[0], self.groups, self.out_channels
+        w = weight.reshape(k, g, o // g, *weight.shape[2:]).transpose(0, 1)
+        b = None if bias is None else bias.reshape(k, g, o // g).transpose(0, 1).reshape(-1)
+        padding = 0 if self._pad is not None else self.padding
+        out = self._conv(x, w.reshape(g * k * (o // g), *weight.shape[2:]), b, self.stride,
+                         padding, self.dilation, g)
+        rows, spatial = x.shape[0], out.shape[2:]
+        out = out.reshape(rows, g, k, o // g, *spatial).permute(2, 0, 1, 3, *range(4, 4 + self._nd))
+        return out.reshape(k * rows, o, *spatial)
+
     def _prepare_input(self, x: Tensor) -> Tensor:
         name, n = type(self).__name__, self._nd
         check_float_input(x, name)

@@ -288,7 +288,8 @@ class BayesianLayer(nn.Module):
         """
         eps_w, eps_b = self._fixed_eps
         k = eps_w.shape[0]
-        if x.dim() < 2 or x.shape[0] % k:
+        shared = k > 1 and x.dim() >= 2 and x.shape[0] == getattr(self, "_draw_rows", None)
+        if x.dim() < 2 or (x.shape[0] % k and not shared):
             raise ValueError(f"{type(self).__name__}: {k} weight draws per forward need a batch "
                              f"of K * B rows, got input {tuple(x.shape)}")
         mu, sigma = self.weight_mu, self.weight_sigma
@@ -300,6 +301,8 @@ class BayesianLayer(nn.Module):
             bias = torch.addcmul(self.bias_mu, self.bias_sigma, eps_b)  # (K, out)
         elif bias is not None:
             bias = bias.expand(k, *bias.shape)
+        if shared:  # the model's own B input rows, not yet split by draw: one wide op
+            return self._op_shared(x, weight, bias)
         return self._op_draws(x, weight, bias)
 
     def _op_draws(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
@@ -308,6 +311,11 @@ class BayesianLayer(nn.Module):
         parts = x.chunk(k)
         return torch.cat([self._op(parts[i], weight[i], None if bias is None else bias[i])
                           for i in range(k)])
+
+    def _op_shared(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        """The K draws applied to the same B rows, stacked draw-major (K * B rows)."""
+        return torch.cat([self._op(x, weight[i], None if bias is None else bias[i])
+                          for i in range(weight.shape[0])])
 
     def _sign_shape(self, t: Tensor) -> tuple[int, ...]:
         k = self._sign_trailing_dims
@@ -431,6 +439,12 @@ class BayesLinear(BayesianLayer):
         wt = weight.transpose(1, 2)
         out = torch.bmm(xk, wt) if bias is None else torch.baddbmm(bias.unsqueeze(1), xk, wt)
         return out.reshape(rows * k, *x.shape[1:-1], weight.shape[1])
+
+    def _op_shared(self, x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        k, out_f = weight.shape[0], weight.shape[1]  # one (B, in) x (in, K * out) matmul
+        out = F.linear(x, weight.reshape(k * out_f, -1), None if bias is None else bias.reshape(-1))
+        out = out.reshape(*x.shape[:-1], k, out_f).movedim(-2, 0)
+        return out.reshape(k * x.shape[0], *x.shape[1:-1], out_f)
 
     def _prepare_input(self, x: Tensor) -> Tensor:
         check_float_input(x, "BayesLinear")

@@ -60,7 +60,7 @@ def _noise(layer: BayesianLayer) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 @contextmanager
-def draws(model: nn.Module, k: int) -> Iterator[nn.Module]:
+def draws(model: nn.Module, k: int, *, shared_input: bool = False) -> Iterator[nn.Module]:
     """Context manager: ``k`` weight draws per forward, on inputs stacked draw-major.
 
     Inside, ``model(x.repeat(k, ...))`` (K blocks of the same B rows) returns the K outputs that
@@ -68,6 +68,12 @@ def draws(model: nn.Module, k: int) -> Iterator[nn.Module]:
     drawn in the order those K contexts would draw it, so under the same RNG state the samples
     are the same ones. Linear layers run the draws as one ``bmm``, convolutions as one grouped
     convolution (``groups * k``); deterministic layers see a batch of K * B rows.
+
+    With ``shared_input=True`` the model takes the plain B rows instead: layers before the first
+    Bayesian layer run once on them, and a Bayesian layer that receives the model's own B rows
+    applies its K draws to them as one wide op (a matmul or convolution with K times the output
+    channels) and passes K * B rows on. Models that mix the B-row and K * B-row tensors (a
+    residual connection around the first Bayesian layer) fail there: stack the input instead.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k (weight draws per forward) must be a positive int, got {k!r}")
@@ -76,8 +82,24 @@ def draws(model: nn.Module, k: int) -> Iterator[nn.Module]:
     eps = [(torch.stack([d[i][0] for d in per_draw]),
             torch.stack([d[i][1] for d in per_draw]) if layer.bayesian_bias else None)
            for i, layer in enumerate(layers)]
-    with _switch(layers, "draws", eps):
-        yield model
+    if not shared_input:
+        with _switch(layers, "draws", eps):
+            yield model
+        return
+
+    def record_rows(_module: nn.Module, args: tuple) -> None:
+        rows = args[0].shape[0] if args and isinstance(args[0], torch.Tensor) else None
+        for layer in layers:
+            layer._draw_rows = rows
+
+    hook = model.register_forward_pre_hook(record_rows)
+    try:
+        with _switch(layers, "draws", eps):
+            yield model
+    finally:
+        hook.remove()
+        for layer in layers:
+            layer._draw_rows = None
 
 
 def mean_weights(model: nn.Module):

@@ -19,17 +19,17 @@ References:
 
 from __future__ import annotations
 
-import contextlib
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
-from ..nn.sampling import bayesian_layers, draws, fixed_sample
+from ..nn.sampling import bayesian_layers
 from .decomposition import (
     decompose,
     decompose_regression,
@@ -38,9 +38,11 @@ from .decomposition import (
     predictive_entropy,
     predictive_variance,
 )
+from .passes import outputs
 
 __all__ = [
     "DEFAULT_NUM_SAMPLES",
+    "MCInfo",
     "TASKS",
     "RegressionPrediction",
     "mc_predict",
@@ -130,63 +132,94 @@ def _warn_batchnorm(model: nn.Module) -> None:
                       "(Bayesian layers still sample in eval mode)", stacklevel=3)
 
 
-def _device(model: nn.Module, fallback: torch.device) -> torch.device:
-    p = next(model.parameters(), None)
-    return fallback if p is None else p.device
+# ------------------------------------------------------------------ accumulators
+class _Classes:
+    """Mean softmax probabilities (or all of them), and their MC standard error for "auto"."""
 
+    def __init__(self, n: int, cap: int, keep: bool, track: bool) -> None:
+        self.n, self.cap, self.keep, self.track = n, cap, keep, track
+        self.out: Tensor | None = None
+        self.sq: Tensor | None = None
 
-# ------------------------------------------------------------------ the passes
-def _outputs(model: nn.Module | Sequence[nn.Module], members: list[nn.Module] | None,
-             num_passes: int, x: Tensor, batch_size: int, k: int
-             ) -> Iterator[tuple[int, slice, Tensor]]:
-    """(pass t, input slice, model output) for every MC pass and input chunk.
-
-    Each slice sees t = 0, 1, 2, ... in order. One model with Bayesian layers and ``k > 1`` runs
-    ``k`` weight draws per forward (:func:`~bayescale.nn.sampling.draws`) on chunks of
-    ``max(1, batch_size // k)`` inputs repeated ``k`` times; the draws are the ones the loop of
-    :func:`~bayescale.nn.sampling.fixed_sample` passes would make.
-    """
-    if members is None and k > 1 and bayesian_layers(model):
-        device, rows = _device(model, x.device), max(1, batch_size // k)
-        for t0 in range(0, num_passes, k):
-            kk = min(k, num_passes - t0)
-            with draws(model, kk):
-                for i in range(0, x.shape[0], rows):
-                    sl = slice(i, i + rows)
-                    xb = x[sl].to(device, non_blocking=True)
-                    out = model(xb.repeat(kk, *([1] * (xb.dim() - 1))))
-                    for j, part in enumerate(out.chunk(kk)):
-                        yield t0 + j, sl, part
-        return
-    for t in range(num_passes):
-        net = model if members is None else members[t]
-        ctx = fixed_sample(net) if bayesian_layers(net) else contextlib.nullcontext()
-        device = _device(net, x.device)
-        with ctx:
-            for i in range(0, x.shape[0], batch_size):
-                sl = slice(i, i + batch_size)
-                yield t, sl, net(x[sl].to(device, non_blocking=True))
-
-
-def _classify(outputs, num_passes: int, x: Tensor, keep: bool) -> Tensor:
-    out: Tensor | None = None
-    for t, sl, logits in outputs:
+    def add(self, t: int, sl: slice, logits: Tensor) -> None:
         if logits.dim() != 2:
             raise ValueError(f"classification expects logits (N, C) from the model, got "
                              f"{tuple(logits.shape)}; use task='regression' otherwise")
         probs = torch.softmax(logits.float(), dim=-1)
-        if out is None:  # preallocated: no (T, N, C) copy from a final stack
-            shape = (num_passes, *_full(probs, x)) if keep else _full(probs, x)
-            out = probs.new_zeros(shape)
-        if keep:
-            out[t, sl] = probs.to(out.device)
+        if self.out is None:  # preallocated: no (T, N, C) copy from a final stack
+            shape = (self.n, probs.shape[1])
+            self.out = probs.new_zeros((self.cap, *shape) if self.keep else shape)
+            if self.track:
+                self.acc = probs.new_zeros(shape, dtype=torch.float64)
+                self.sq = torch.zeros_like(self.acc)
+        probs = probs.to(self.out.device)
+        if self.keep:
+            self.out[t, sl] = probs
         else:  # running sum: memory stays (N, C) whatever the number of samples
-            out[sl] += probs.to(out.device)
-    return out if keep else out.div_(num_passes)
+            self.out[sl] += probs
+        if self.track:
+            self.acc[sl] += probs
+            self.sq[sl] += probs.double().square()
+
+    def error(self, t: int) -> float:
+        """Mean over inputs of the largest per-class MC standard error of the mean probability."""
+        var = (self.sq - self.acc.square() / t).clamp_min(0) / (t - 1)
+        return float((var / t).sqrt().amax(-1).mean())
+
+    def result(self, t: int) -> Tensor:
+        if self.keep:
+            return self.out[:t].clone() if t < self.cap else self.out
+        return self.out.div_(t)
 
 
-def _full(chunk: Tensor, x: Tensor) -> tuple[int, ...]:
-    return (x.shape[0], *chunk.shape[1:])
+class _Regression:
+    """Welford's running mean and sum of squared deviations of the per-sample means (float64)."""
+
+    def __init__(self, n: int, cap: int, keep: bool, noise_std: float | None) -> None:
+        self.n, self.cap, self.keep, self.noise_std = n, cap, keep, noise_std
+        self.mean = self.m2 = self.ale = self.s_mean = self.s_var = None
+        self.dtype = torch.float32
+
+    def add(self, t: int, sl: slice, out: Tensor) -> None:
+        m, v = _split_head(out, self.noise_std)
+        if self.mean is None:
+            self.dtype = torch.promote_types(out.dtype, torch.float32)
+            shape = (self.n, *m.shape[1:])
+            self.mean, self.m2 = m.new_zeros(shape), m.new_zeros(shape)
+            self.ale = m.new_zeros(shape) if v is not None else None
+            if self.keep:
+                self.s_mean = m.new_zeros((self.cap, *shape), dtype=self.dtype)
+                self.s_var = None if v is None else torch.zeros_like(self.s_mean)
+        m = m.to(self.mean.device)
+        delta = m - self.mean[sl]
+        self.mean[sl] += delta / (t + 1)
+        self.m2[sl] += delta * (m - self.mean[sl])
+        if v is not None:
+            self.ale[sl] += v.to(self.ale.device)
+        if self.keep:
+            self.s_mean[t, sl] = m.to(self.dtype)
+            if v is not None:
+                self.s_var[t, sl] = v.to(self.s_var.device, self.dtype)
+
+    def _aleatoric(self, t: int) -> Tensor:
+        if self.ale is not None:
+            return self.ale / t
+        return torch.full_like(self.mean, self.noise_std**2)
+
+    def error(self, t: int) -> float:
+        """Mean over inputs of the MC standard error of the mean, relative to the predictive sd."""
+        se = (self.m2 / ((t - 1) * t)).sqrt()
+        total = self._aleatoric(t) + self.m2 / t
+        return float((se / total.sqrt().clamp_min(1e-12)).mean())
+
+    def result(self, t: int) -> RegressionPrediction:
+        epistemic, aleatoric, d = self.m2 / t, self._aleatoric(t), self.dtype
+        s_mean, s_var = self.s_mean, self.s_var
+        if self.keep and t < self.cap:
+            s_mean = s_mean[:t].clone()
+            s_var = None if s_var is None else s_var[:t].clone()
+        return RegressionPrediction(self.mean.to(d), aleatoric.to(d), epistemic.to(d),
+                                    (aleatoric + epistemic).to(d), s_mean, s_var)
 
 
 def _split_head(out: Tensor, noise_std: float | None) -> tuple[Tensor, Tensor | None]:
@@ -201,49 +234,54 @@ def _split_head(out: Tensor, noise_std: float | None) -> tuple[Tensor, Tensor | 
     return mean, log_var.exp()
 
 
-def _regress(outputs, num_passes: int, x: Tensor, keep: bool,
-             noise_std: float | None) -> RegressionPrediction:
-    # Welford's running mean / sum of squared deviations of the per-sample means (float64).
-    mean = m2 = ale = s_mean = s_var = None
-    dtype = torch.float32
-    for t, sl, out in outputs:
-        m, v = _split_head(out, noise_std)
-        if mean is None:
-            dtype = torch.promote_types(out.dtype, torch.float32)
-            mean, m2 = m.new_zeros(_full(m, x)), m.new_zeros(_full(m, x))
-            ale = m.new_zeros(_full(m, x)) if v is not None else None
-            if keep:
-                s_mean = m.new_zeros((num_passes, *_full(m, x)), dtype=dtype)
-                s_var = None if v is None else torch.zeros_like(s_mean)
-        m = m.to(mean.device)
-        delta = m - mean[sl]
-        mean[sl] += delta / (t + 1)
-        m2[sl] += delta * (m - mean[sl])
-        if v is not None:
-            ale[sl] += v.to(ale.device)
-        if keep:
-            s_mean[t, sl] = m.to(dtype)
-            if v is not None:
-                s_var[t, sl] = v.to(s_var.device, dtype)
-    epistemic = m2 / num_passes
-    aleatoric = ale / num_passes if ale is not None else torch.full_like(mean, noise_std**2)
-    return RegressionPrediction(mean.to(dtype), aleatoric.to(dtype), epistemic.to(dtype),
-                                (aleatoric + epistemic).to(dtype), s_mean, s_var)
-
-
 # ------------------------------------------------------------------ public API
+@dataclass
+class MCInfo:
+    """How :func:`mc_predict` ran (``return_info=True``).
+
+    ``num_samples`` is the T whose samples make the result (with ``num_samples="auto"`` the T at
+    which the standard error fell below ``tol``, or ``max_samples``); ``passes`` the forwards per
+    input chunk that were run (1 for a deterministic network, else T); ``draws_per_pass`` the K
+    weight draws run per forward; ``standard_error`` the stopping statistic at the end (see
+    :func:`mc_predict`), None for a fixed T.
+    """
+
+    num_samples: int
+    passes: int
+    draws_per_pass: int
+    standard_error: float | None = None
+    converged: bool | None = None
+
+
+DEFAULT_TOL = {"classification": 1e-3, "regression": 0.05}
+ADAPTIVE_ROUND = 10  # draws between two convergence checks (at least K)
+
+
+def _check_int(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
 @torch.no_grad()
 def mc_predict(
     model: nn.Module | Sequence[nn.Module],
     x: Tensor,
-    num_samples: int | None = None,
+    num_samples: int | str | None = None,
     *,
     batch_size: int = 1024,
     return_samples: bool = False,
     task: str = "classification",
     noise_std: float | None = None,
-    draws_per_pass: int = 1,
-) -> Tensor | RegressionPrediction:
+    draws_per_pass: int | str = "auto",
+    memory_budget: int | None = None,
+    tol: float | None = None,
+    min_samples: int = 20,
+    max_samples: int = 300,
+    posterior: Any = None,
+    progress: bool = False,
+    return_info: bool = False,
+) -> Tensor | RegressionPrediction | tuple[Tensor | RegressionPrediction, MCInfo]:
     """Monte Carlo predictive distribution: average over T weight samples.
 
     Args:
@@ -254,7 +292,9 @@ def mc_predict(
             the passes stochastic (MC dropout).
         x: inputs (N, ...), floating point, finite; chunks are moved to the model's device.
         num_samples: T, the number of weight draws (default 100 for one model; for a sequence
-            None or ``len(model)``). A model without Bayesian layers or active dropout is run
+            None or ``len(model)``), or ``"auto"``: draw in rounds of 10 (at least K) until the
+            MC standard error falls below ``tol``, at least ``min_samples`` and at most
+            ``max_samples`` draws. A model without Bayesian layers or active dropout is run
             ONCE (its T passes would be identical).
         batch_size: inputs per forward; bounds activation memory.
         return_samples: also keep every sample: per-sample probabilities (T, N, C) instead of
@@ -264,46 +304,104 @@ def mc_predict(
             homoscedastic with this sd (``likelihood="gaussian"``). If None, the model must
             output (N, 2) = (mean, log-variance) (``likelihood="heteroscedastic"``).
         draws_per_pass: K weight draws per forward for one model with Bayesian layers
-            (:func:`bayescale.nn.sampling.draws`: one ``bmm`` per Linear, one grouped
-            convolution per conv layer, on ``batch_size // K`` inputs repeated K times, so a
-            forward still holds about ``batch_size`` rows). Same draws as the loop (K = 1)
-            under the same RNG state, unless the forward itself draws random numbers (dropout).
+            (:func:`bayescale.nn.sampling.draws`; a forward holds ``batch_size // K`` inputs
+            times K draws). ``"auto"`` (default) takes K from ``memory_budget``, checks that
+            the model batches (else it runs the loop, K = 1) and keeps whichever of the loop
+            and the batched forward ran faster on the first draws
+            (:mod:`bayescale.uncertainty.passes`). Same draws as the loop under the same RNG
+            state, unless the forward itself draws random numbers (dropout).
+        memory_budget: bytes for the K stacked weight draws under ``"auto"`` (default 256 MiB).
+        tol: the ``"auto"`` stopping level. Classification: the mean over inputs of the largest
+            per-class standard error of the MC mean probability (default 1e-3). Regression: the
+            mean over inputs of the standard error of the MC predictive mean divided by the
+            predictive sd (default 0.05).
+        min_samples, max_samples: the bounds on T under ``num_samples="auto"``.
+        posterior: a weight posterior held outside the model (e.g.
+            :class:`bayescale.nn.posterior.ParamPosterior`, or an optimizer with a
+            ``posterior()`` method such as IVON): each sample runs ``model`` under
+            ``posterior.sample()``, which writes one weight draw into its parameters.
+        progress: show a progress bar over the draws.
+        return_info: also return an :class:`MCInfo` (the T used, K, the standard error).
 
     Returns:
         classification: mean softmax probabilities (N, C) float32, or (T, N, C) with
-        ``return_samples``; regression: a :class:`RegressionPrediction`.
+        ``return_samples``; regression: a :class:`RegressionPrediction`; with ``return_info``
+        the pair (result, :class:`MCInfo`).
     """
-    members, num_passes = _members(model, num_samples)
+    adaptive = isinstance(num_samples, str)
+    if adaptive and num_samples != "auto":
+        raise ValueError(f"num_samples must be an int, None or 'auto', got {num_samples!r}")
+    if posterior is not None:
+        if hasattr(posterior, "posterior") and not hasattr(posterior, "sample"):
+            posterior = posterior.posterior()
+        if not hasattr(posterior, "sample") or not isinstance(model, nn.Module):
+            raise TypeError("posterior= needs one nn.Module and an object with a sample() "
+                            "context manager (bayescale.nn.posterior.ParamPosterior) or a "
+                            f"posterior() method (the IVON optimizer), got {type(posterior)}")
+    if adaptive:
+        _check_int("min_samples", min_samples, 2)
+        _check_int("max_samples", max_samples, min_samples)
+        members, num_passes = _members(model, None if not isinstance(model, nn.Module)
+                                       or isinstance(model, nn.ModuleList) else max_samples)
+    else:
+        members, num_passes = _members(model, num_samples)
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if isinstance(draws_per_pass, bool) or not isinstance(draws_per_pass, int) \
-            or draws_per_pass < 1:
-        raise ValueError(f"draws_per_pass must be a positive int, got {draws_per_pass!r}")
+    _check_int("batch_size", batch_size, 1)
+    if draws_per_pass != "auto":
+        _check_int("draws_per_pass (or 'auto')", draws_per_pass, 1)
     if noise_std is not None and (task != "regression" or not noise_std > 0):
         raise ValueError(f"noise_std (> 0) applies to task='regression' only, got {noise_std!r} "
                          f"with task={task!r}")
+    tol = DEFAULT_TOL[task] if tol is None else tol
+    if not (isinstance(tol, int | float) and not isinstance(tol, bool) and tol > 0):
+        raise ValueError(f"tol must be a positive number, got {tol!r}")
     _check_x(x)
-    nets = [model] if members is None else members
-    for net in nets:
+    for net in [model] if members is None else members:
         _warn_batchnorm(net)
     total = num_passes
-    if members is None and not _stochastic(model):
+    if members is None and posterior is None and not _stochastic(model):
         num_passes = 1  # deterministic network: one pass gives every sample
-    outputs = _outputs(model, members, num_passes, x, batch_size, draws_per_pass)
+        total = 1 if adaptive else total
+    adaptive = adaptive and members is None and num_passes > 1
     if task == "classification":
-        probs = _classify(outputs, num_passes, x, return_samples)
-        if return_samples and num_passes < total:
-            probs = probs.repeat(total, 1, 1)
-        return probs
-    pred = _regress(outputs, num_passes, x, return_samples, noise_std)
-    if return_samples and num_passes < total:
-        reps = (total,) + (1,) * (pred.samples_mean.dim() - 1)
-        pred.samples_mean = pred.samples_mean.repeat(reps)
-        if pred.samples_var is not None:
-            pred.samples_var = pred.samples_var.repeat(reps)
-    return pred
+        acc = _Classes(x.shape[0], num_passes, return_samples, adaptive)
+    else:
+        acc = _Regression(x.shape[0], num_passes, return_samples, noise_std)
+    info: dict[str, Any] = {}
+    gen = outputs(model, members, num_passes, x, batch_size, draws_per_pass, memory_budget,
+                  info, posterior)
+    done, check_at, error = 0, min_samples, None
+    with tqdm(total=num_passes, desc="MC draws", unit="draw", disable=not progress) as bar:
+        try:
+            for t, sl, out, round_done in gen:
+                acc.add(t, sl, out)
+                if not round_done:
+                    continue
+                bar.update(t + 1 - done)
+                done = t + 1
+                if adaptive and done >= check_at:
+                    error = acc.error(done)
+                    if error <= tol:
+                        break
+                    check_at = done + max(ADAPTIVE_ROUND, info["draws_per_pass"])
+        finally:
+            gen.close()
+    result = acc.result(done)
+    if adaptive:
+        total = done
+    elif return_samples and num_passes < total:  # one pass stands for every sample
+        if task == "classification":
+            result = result.repeat(total, 1, 1)
+        else:
+            reps = (total,) + (1,) * (result.samples_mean.dim() - 1)
+            result.samples_mean = result.samples_mean.repeat(reps)
+            if result.samples_var is not None:
+                result.samples_var = result.samples_var.repeat(reps)
+    if not return_info:
+        return result
+    converged = None if error is None else error <= tol
+    return result, MCInfo(total, done, info.get("draws_per_pass", 1), error, converged)
 
 
 def timed_mc_predict(*args: Any, **kwargs: Any) -> tuple[Tensor | RegressionPrediction, float]:

@@ -207,8 +207,16 @@ def test_bad_inputs_name_the_fix():
         mc_predict(model, x, task="segmentation")
     with pytest.raises(ValueError, match="heteroscedastic head"):
         mc_predict(model, x, task="regression")  # (N, 3) output is not (mean, log-var)
-    with pytest.raises(ValueError, match="draws_per_pass must be a positive int"):
+    with pytest.raises(ValueError, match=r"draws_per_pass \(or 'auto'\) must be an int >= 1"):
         mc_predict(model, x, draws_per_pass=0)
+    with pytest.raises(ValueError, match="int, None or 'auto'"):
+        mc_predict(model, x, num_samples="many")
+    with pytest.raises(ValueError, match="tol must be a positive number"):
+        mc_predict(model, x, num_samples="auto", tol=0.0)
+    with pytest.raises(ValueError, match="max_samples must be an int >= 20"):
+        mc_predict(model, x, num_samples="auto", max_samples=5)
+    with pytest.raises(TypeError, match="sample\\(\\) context manager"):
+        mc_predict(model, x, posterior=object())
     with pytest.raises(TypeError, match="nn.Module"):
         mc_predict("model", x)
     with pytest.warns(UserWarning, match="eval"):
