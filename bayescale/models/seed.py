@@ -37,35 +37,48 @@ def keras_init_(model: nn.Module) -> nn.Module:
     return model
 
 
-def seed_conv(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
+def _dropout(p: float) -> list[tuple[str, nn.Module]]:
+    """``[("dropout", nn.Dropout(p))]`` before the classifier, or nothing for ``p = 0`` (so the
+    default networks, their state dicts and parameter counts are the seed's)."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {p!r}")
+    return [("dropout", nn.Dropout(p))] if p > 0 else []
+
+
+def seed_conv(num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
+              dropout: float = 0.0) -> nn.Module:
     """Seed conv net: ``conv`` 64x5x5 'SAME' + ReLU, max-pool 2, flatten, ``fc`` dense.
 
     Spec §2.4 ``BNN_conv_flip`` / ``BNN_conv_nonflip`` / ``CNN_conv`` (128,714 / 127,114
-    trainable parameters with 10 classes).
+    trainable parameters with 10 classes). ``dropout > 0`` adds ``nn.Dropout`` before ``fc``
+    (MC dropout, Gal & Ghahramani 2016, arXiv:1506.02142).
     """
     flat = 64 * (image_size // 2) ** 2
-    model = nn.Sequential(OrderedDict(
-        conv=nn.Conv2d(in_channels, 64, 5, padding=2),
-        relu=nn.ReLU(),
-        pool=nn.MaxPool2d(2),
-        flatten=nn.Flatten(),
-        fc=nn.Linear(flat, num_classes),
-    ))
+    model = nn.Sequential(OrderedDict([
+        ("conv", nn.Conv2d(in_channels, 64, 5, padding=2)),
+        ("relu", nn.ReLU()),
+        ("pool", nn.MaxPool2d(2)),
+        ("flatten", nn.Flatten()),
+        *_dropout(dropout),
+        ("fc", nn.Linear(flat, num_classes)),
+    ]))
     return keras_init_(model)
 
 
-def seed_fc(num_classes: int = 10, in_features: int = 784, hidden: int = 64) -> nn.Module:
+def seed_fc(num_classes: int = 10, in_features: int = 784, hidden: int = 64,
+            dropout: float = 0.0) -> nn.Module:
     """Seed MLP: flatten, ``fc1`` dense 64 + ReLU, ``fc2`` dense.
 
     Spec §2.4 ``BNN_FC_flip`` / ``BNN_FC_nonflip`` / ``CNN_FC`` (101,066 / 50,890 trainable
-    parameters with 10 classes).
+    parameters with 10 classes). ``dropout > 0`` adds ``nn.Dropout`` before ``fc2``.
     """
-    model = nn.Sequential(OrderedDict(
-        flatten=nn.Flatten(),
-        fc1=nn.Linear(in_features, hidden),
-        relu=nn.ReLU(),
-        fc2=nn.Linear(hidden, num_classes),
-    ))
+    model = nn.Sequential(OrderedDict([
+        ("flatten", nn.Flatten()),
+        ("fc1", nn.Linear(in_features, hidden)),
+        ("relu", nn.ReLU()),
+        *_dropout(dropout),
+        ("fc2", nn.Linear(hidden, num_classes)),
+    ]))
     return keras_init_(model)
 
 
@@ -80,11 +93,13 @@ def _vgg_block(index: int, cin: int, cout: int) -> list[tuple[str, nn.Module]]:
     ]
 
 
-def seed_vgg3(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
+def seed_vgg3(num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
+              dropout: float = 0.0) -> nn.Module:
     """Seed CIFAR-10 net: three VGG blocks [32, 64, 128], dense 128 + ReLU, dense.
 
     Spec §2.4 ``CIFAR10_BNN_model`` (``Conv_I``..``Conv_VI`` = ``conv1``..``conv6``,
     ``Dense_I``/``Dense_II`` = ``fc1``/``fc2``; 1,100,554 trainable parameters when Bayesian).
+    ``dropout > 0`` adds ``nn.Dropout`` before ``fc2``.
     """
     widths = (32, 64, 128)
     layers: list[tuple[str, nn.Module]] = []
@@ -97,6 +112,7 @@ def seed_vgg3(num_classes: int = 10, in_channels: int = 3, image_size: int = 32)
         ("flatten", nn.Flatten()),
         ("fc1", nn.Linear(flat, 128)),
         ("relu_fc1", nn.ReLU()),
+        *_dropout(dropout),
         ("fc2", nn.Linear(128, num_classes)),
     ]
     return keras_init_(nn.Sequential(OrderedDict(layers)))

@@ -42,6 +42,8 @@ class ModelConfig:
         None, "Bayesian-layer estimator (default: the model's)")
     init: str | None = _opt(None, "posterior init preset: tutorial | tfp_vgg (default: model's)")
     prior_std: float = _opt(1.0, "std of the N(0, s^2) weight prior")
+    dropout: float = _opt(0.0, "dropout rate before the classifier layer (seed models); sample "
+                               "it at test time for MC dropout (bayescale.uncertainty.mc_dropout)")
 
 
 @dataclass
@@ -343,6 +345,8 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"optim.lr must be > 0, got {cfg.optim.lr}")
     if cfg.kl.weight < 0:
         raise ConfigError(f"kl.weight must be >= 0, got {cfg.kl.weight}")
+    if not 0.0 <= cfg.model.dropout < 1.0:
+        raise ConfigError(f"model.dropout must be in [0, 1), got {cfg.model.dropout}")
     if len(cfg.optim.betas) != 2:
         raise ConfigError(f"optim.betas needs two numbers, got {cfg.optim.betas}")
     k = cfg.sghmc

@@ -40,9 +40,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..kefan.optimizer import resolve_hparams
-from ..models import get_model, model_spec
+from ..models import model_spec
 from ..nn.elbo import elbo_terms
-from ..nn.priors import GaussianPrior
 from ..nn.sampling import bayesian_layers
 from . import distributed as D
 from . import ivon as IV
@@ -58,6 +57,7 @@ from .checkpoint import (
 )
 from .config import Config, config_from_dict, config_to_dict
 from .runlog import RunLog
+from .runs import build_model
 from .schedules import kl_weight_at, lr_factor
 
 __all__ = ["train", "TrainingDiverged", "run_paths"]
@@ -165,10 +165,7 @@ class _Trainer:
                              f"data {self.data.name} has {x_shape}; pick a matching model/data")
         self.num_train = len(self.data.train)
         torch.manual_seed(t.seed)  # identical init on every rank
-        self.base = get_model(cfg.model.name, bayesian=cfg.model.bayesian,
-                              estimator=cfg.model.estimator, init=cfg.model.init,
-                              prior=GaussianPrior(0.0, cfg.model.prior_std),
-                              num_classes=self.data.num_classes or 10).to(device)
+        self.base = build_model(cfg, self.data.num_classes or 10).to(device)
         self.loader = build_loader(cfg, self.data.train, self.rank, self.world, device)
         self.per_epoch = len(self.loader)
         # The budget is counted in steps of a single worker (the seed's Num_iter); an epoch budget

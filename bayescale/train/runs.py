@@ -11,6 +11,7 @@ weights are loaded with ``weights_only=True``; ``model.pt`` (the final weights) 
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +32,16 @@ __all__ = ["Run", "load_run", "build_model"]
 
 def build_model(cfg: Config, num_classes: int | None = None) -> nn.Module:
     """The (untrained) model a config describes, exactly as :func:`bayescale.train` builds it."""
-    return get_model(cfg.model.name, bayesian=cfg.model.bayesian, estimator=cfg.model.estimator,
-                     init=cfg.model.init, prior=GaussianPrior(0.0, cfg.model.prior_std),
-                     num_classes=num_classes or 10)
+    m = cfg.model
+    extra: dict[str, Any] = {}
+    if m.dropout:
+        if "dropout" not in inspect.signature(model_spec(m.name).builder).parameters:
+            raise ValueError(f"model.dropout applies to the seed models (BNN_*, CNN_*, "
+                             f"CIFAR10_BNN_model), not {m.name!r}; set model.dropout=0")
+        extra["dropout"] = m.dropout
+    return get_model(m.name, bayesian=m.bayesian, estimator=m.estimator, init=m.init,
+                     prior=GaussianPrior(0.0, m.prior_std), num_classes=num_classes or 10,
+                     **extra)
 
 
 @dataclass

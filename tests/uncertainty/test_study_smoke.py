@@ -1,0 +1,77 @@
+"""Smoke test of the uncertainty study (benchmarks/uncertainty_study.py): every method trains a
+few steps through the library on a slice of the shipped mnist-small and is evaluated (clean,
+OOD on fashion-mnist-small, two shift levels); rows resume; the JSON has the issue's layout."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import study_methods as SM  # noqa: E402
+import study_report as SR  # noqa: E402
+import uncertainty_study as US  # noqa: E402
+
+from bayescale.data.catalogue import load_dataset  # noqa: E402
+from bayescale.data.datasets import Dataset  # noqa: E402
+from bayescale.data.split import validation_split  # noqa: E402
+
+
+def _tiny_data():
+    split = load_dataset("mnist-small")
+    ood = load_dataset("fashion-mnist-small").test
+    sub = Dataset(split.train.x[:320], split.train.y[:320], "mnist/train", 10)
+    train, val = validation_split(sub, 64, 0)
+    return {"train": train, "val": val, "test_raw": Dataset(split.test.x[:64], split.test.y[:64],
+                                                            "mnist/test", 10),
+            "ood": Dataset(ood.x[:64], ood.y[:64], "fashion/test", 10), "prep": lambda x: x,
+            "num_classes": 10, "name": "mnist"}
+
+
+def test_every_method_trains_evaluates_resumes_and_writes_the_layout(tmp_path, monkeypatch):
+    torch.set_num_threads(1)
+    monkeypatch.setenv("BAYESCALE_RESULTS_DIR", str(tmp_path / "results"))
+    monkeypatch.setattr(US, "WORK", tmp_path / "work")
+    monkeypatch.setattr(US, "LOCK", tmp_path / "bench.lock")
+    monkeypatch.setattr(US, "SHIFTS", {"mnist": [("rotation", [0, 90]), ("noise", [0.3])]})
+    monkeypatch.setattr(US, "load_data", lambda dataset, root: _tiny_data())
+    args = ["mnist", "--data-root", "unused", "--epochs", "1", "--seeds", "0",
+            "--samples", "3", "--ensemble-size", "2", "--sghmc-cycles", "1",
+            "--sghmc-per-cycle", "1", "--shift-size", "32"]
+    US.main(args)
+    log = tmp_path / "results" / "uncertainty_study_mnist.partial.jsonl"
+    rows = US.read_rows(log)
+    evals = [r for r in rows if r["kind"] == "eval"]
+    assert sorted((r["section"], r["method"]) for r in evals) == sorted(
+        [("conv", m) for m in SM.SECTIONS["mnist"]["conv"]] + [("fc", "deterministic"),
+                                                               ("fc", "bnn")])
+    # the twins are trained once and shared by deterministic, temperature_scaled, deep_ensemble
+    trains = [r["training"] for r in rows if r["kind"] == "train"]
+    assert len(trains) == len(set(trains)) == 7
+    samples = {r["method"]: r["mc_samples"] for r in evals if r["section"] == "conv"}
+    assert samples == {"deterministic": 1, "temperature_scaled": 1, "bnn": 3, "mc_dropout": 3,
+                       "sghmc_bma": 1, "deep_ensemble": 2}
+    for r in evals:
+        assert 0 <= r["accuracy"] <= 1 and r["nll"] > 0 and 0 <= r["ece"] <= 1
+        assert r["shift_ece"] == pytest.approx(sum(p["ece"] for p in r["per_shift"]) / 3)
+        assert r["train_s"] > 0 and r["infer_s"] > 0
+    det = next(r for r in evals if r["method"] == "deterministic" and r["section"] == "conv")
+    assert det["ood_auroc_mi"] is None and det["ood_auroc"] == det["ood_auroc_entropy"]
+    # a restart skips everything that is done
+    US.main(args)
+    assert len(US.read_rows(log)) == len(rows)
+    out = json.loads((tmp_path / "results" / "uncertainty_study_mnist.json").read_text())
+    assert out["provenance"]["config"]["epochs"] == 1
+    assert list(out["methods"]) == SR.ORDER
+    for m in out["methods"].values():
+        assert set(SR.METRICS[:1] + ("nll", "brier", "ece", "aurc", "ood_auroc", "shift_ece",
+                                     "train_s", "infer_s", "per_shift")) <= set(m)
+    assert set(out["fc"]["methods"]) == {"deterministic", "bnn"}
+    assert isinstance(out["methods"]["temperature_scaled"]["temperature"], float)
+    assert (tmp_path / "results" / "figures" / "uncertainty_study_mnist_shift.png").is_file()
