@@ -35,13 +35,32 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+_SAMPLES_HELP = ("MC weight draws T: 'auto' (default) draws in rounds until the MC standard "
+                 "error of the predictive is below --tol, at most --max-samples; an integer "
+                 "fixes T (the seed ran 300)")
+
+
+def _samples(text: str) -> int | str:
+    """``--samples``: ``auto`` or a positive integer."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 1, got {text!r}")
+    return value
+
+
 def _quickstart(args: argparse.Namespace) -> int:
     if not args.digits:
         return _pipeline(args)
     from .quickstart import run_digits
 
     result = run_digits(epochs=int(args.epochs or 40), estimator=args.estimator,
-                        num_samples=args.samples, seed=args.seed)
+                        num_samples=100 if args.samples == "auto" else args.samples,
+                        seed=args.seed)
     print(f"test accuracy {result['test_accuracy']:.4f}  test NLL {result['test_nll']:.4f} nats  "
           f"KL {result['kl']:.1f} nats  ({result['mc_samples']} MC samples, "
           f"{result['train_seconds']:.1f} s training)")
@@ -74,7 +93,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     m = evaluate_run(args.run, args.samples, ood=args.ood, num_bins=args.bins,
                      out_file=args.out, batch_size=args.batch_size, seed=args.seed,
-                     data_root=args.data_root)
+                     data_root=args.data_root, tol=args.tol, max_samples=args.max_samples)
     print(json.dumps({k: v for k, v in m.items() if k != "files"}, indent=2))
     print(f"wrote {m['files']['metrics']} and {m['files']['predictions']}"
           + (f" and {args.out}" if args.out else ""))
@@ -216,7 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "fashion-mnist-small as OOD set, write the HTML report")
     q.add_argument("--epochs", type=float, default=None, help="training epochs (default: the "
                    "quickstart config's 3; --digits: 40)")
-    q.add_argument("--samples", type=int, default=100, help="MC weight samples at test time")
+    q.add_argument("--samples", type=_samples, default="auto", help="MC weight draws T at "
+                   "test time: 'auto' (default) draws until the predictive converges, at most "
+                   "300; an integer fixes T (the seed ran 300; --digits: 'auto' means 100)")
     q.add_argument("--ood", default="fashion-mnist-small", help="out-of-distribution data set "
                    "('' to skip)")
     q.add_argument("--out-dir", default="runs", help="parent of the new run directory (runs)")
@@ -231,7 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="MC evaluation of a trained run: accuracy, NLL, Brier, "
                        "ECE, uncertainty, OOD detection; writes RUN/eval/")
     e.add_argument("run", metavar="RUN_OR_CHECKPOINT", help="run directory or a .pt file in one")
-    e.add_argument("--samples", type=int, default=100, help="MC weight draws T (100)")
+    e.add_argument("--samples", type=_samples, default="auto", help=_SAMPLES_HELP)
+    e.add_argument("--tol", type=float, default=None, help="--samples auto: stop when the "
+                   "mean MC standard error of the predictive probabilities is below this (1e-3)")
+    e.add_argument("--max-samples", type=int, default=300, help="--samples auto: at most this "
+                   "many draws (300)")
     e.add_argument("--ood", metavar="DATASET", help="out-of-distribution data set (e.g. "
                    "fashion-mnist-small) or a .npy/.npz/.pt file of inputs")
     e.add_argument("--bins", type=int, default=15, help="ECE / reliability bins (15)")
@@ -249,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--data", metavar="NAME", help="a data set (bayescale.data.list_datasets())")
     pr.add_argument("--split", default="test", choices=("test", "train"), help="with --data")
     pr.add_argument("--out", metavar="FILE.csv", required=True, help="the CSV to create")
-    pr.add_argument("--samples", type=int, default=100, help="MC weight draws T (100)")
+    pr.add_argument("--samples", type=_samples, default="auto", help=_SAMPLES_HELP)
     pr.add_argument("--batch-size", type=int, default=1000, help="inputs per forward")
     pr.add_argument("--seed", type=int, default=0, help="seed of the weight draws")
     pr.add_argument("--data-root", help="root of file-based data sets (default: the run's)")

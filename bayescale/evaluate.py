@@ -180,15 +180,27 @@ def _np(t: Tensor) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------ evaluate
-def evaluate_run(run: str | Path | Run, num_samples: int = 100, *, ood: str | None = None,
-                 num_bins: int = 15, out_dir: str | Path | None = None,
+def _check_samples(num_samples: int | str, max_samples: int) -> None:
+    if num_samples == "auto":
+        if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 20:
+            raise EvaluationError(f"--max-samples must be an integer >= 20, got {max_samples!r}")
+    elif isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+        raise EvaluationError(f"--samples must be 'auto' or an integer >= 1, got {num_samples!r}")
+
+
+def evaluate_run(run: str | Path | Run, num_samples: int | str = "auto", *,
+                 ood: str | None = None, num_bins: int = 15, out_dir: str | Path | None = None,
                  out_file: str | Path | None = None, batch_size: int = 1000, seed: int = 0,
-                 data_root: str | None = None, progress: bool = True) -> dict[str, Any]:
+                 data_root: str | None = None, progress: bool = True, tol: float | None = None,
+                 max_samples: int = 300) -> dict[str, Any]:
     """MC-evaluate a trained run on its test set (and an OOD set); save metrics and arrays.
 
     Args:
         run: a run directory, a ``model.pt``/``checkpoint.pt`` in one, or a loaded :class:`Run`.
-        num_samples: weight draws T (one pass for a deterministic network).
+        num_samples: weight draws T (one pass for a deterministic network), or ``"auto"``
+            (default): draw in rounds until the MC standard error of the predictive
+            probabilities is below ``tol`` (default 1e-3), at most ``max_samples``; the T used
+            is ``metrics["num_samples"]`` and the OOD set gets the same T.
         ood: an out-of-distribution data set name (e.g. ``"fashion-mnist-small"``) or a
             .npy/.npz/.pt file of inputs; its test split is used.
         num_bins: ECE / reliability bins.
@@ -206,8 +218,9 @@ def evaluate_run(run: str | Path | Run, num_samples: int = 100, *, ood: str | No
         CheckpointError: no loadable run at ``run``.
         EvaluationError: unknown OOD set, inputs of the wrong shape, an existing ``out_file``.
     """
-    if num_samples < 1 or num_bins < 1:
-        raise EvaluationError(f"--samples and --bins must be >= 1, got {num_samples}, {num_bins}")
+    _check_samples(num_samples, max_samples)
+    if isinstance(num_bins, bool) or not isinstance(num_bins, int) or num_bins < 1:
+        raise EvaluationError(f"--bins must be an integer >= 1, got {num_bins!r}")
     run = run if isinstance(run, Run) else load_run(run)
     out_dir = Path(out_dir) if out_dir is not None else run.run_dir / EVAL_DIR
     if out_file is not None:
@@ -226,10 +239,12 @@ def evaluate_run(run: str | Path | Run, num_samples: int = 100, *, ood: str | No
         num_samples = len(predictor)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        samples, seconds = mc_sample_probs(predictor, test.x, num_samples, batch_size=batch_size,
-                                           desc=f"MC test ({len(test)})", progress=progress,
-                                           posterior=run.posterior)
+        samples, seconds, info = mc_sample_probs(
+            predictor, test.x, num_samples, batch_size=batch_size, desc=f"MC test ({len(test)})",
+            progress=progress, posterior=run.posterior, tol=tol, max_samples=max_samples,
+            return_info=True)
         res = summarize(samples, test.y, num_bins)
+        requested, num_samples = num_samples, info.num_samples
         if ood_set is not None:
             ood_samples, ood_seconds = mc_sample_probs(
                 predictor, ood_set.x, num_samples, batch_size=batch_size,
@@ -243,7 +258,10 @@ def evaluate_run(run: str | Path | Run, num_samples: int = 100, *, ood: str | No
         "collected_samples": len(collected),
         "run": str(run.run_dir), "weights": str(run.weights), "model": run.config.model.name,
         "bayesian": bayesian, "data": run.config.data.name, "num_test": len(test),
-        "num_samples": num_samples, "mc_passes": num_samples if bayesian else 1,
+        "num_samples": num_samples, "mc_passes": info.passes,
+        "mc": {"requested": requested, "tol": tol if requested == "auto" else None,
+               "standard_error": info.standard_error, "converged": info.converged,
+               "draws_per_pass": info.draws_per_pass},
         "num_bins": num_bins, "seed": seed, **res["metrics"],
         "mc_inference_s": seconds, "threads": torch.get_num_threads(),
     }
@@ -274,9 +292,9 @@ def evaluate_run(run: str | Path | Run, num_samples: int = 100, *, ood: str | No
 
 # ------------------------------------------------------------------------------ predict
 def predict_run(run: str | Path | Run, out: str | Path, *, inputs: str | Path | None = None,
-                data: str | None = None, split: str = "test", num_samples: int = 100,
+                data: str | None = None, split: str = "test", num_samples: int | str = "auto",
                 batch_size: int = 1000, seed: int = 0, data_root: str | None = None,
-                progress: bool = True) -> Path:
+                progress: bool = True, tol: float | None = None, max_samples: int = 300) -> Path:
     """Write one CSV row per input: predicted class, its probability and the uncertainties.
 
     Columns: ``index, predicted, probability, total, aleatoric, epistemic`` (nats), plus
@@ -293,6 +311,7 @@ def predict_run(run: str | Path | Run, out: str | Path, *, inputs: str | Path | 
     """
     if (inputs is None) == (data is None):
         raise EvaluationError("give exactly one of --input FILE or --data NAME")
+    _check_samples(num_samples, max_samples)
     out = _new_file(out, "--out file")
     run = run if isinstance(run, Run) else load_run(run)
     shape = tuple(model_spec(run.config.model.name).input_shape)
@@ -305,7 +324,7 @@ def predict_run(run: str | Path | Run, out: str | Path, *, inputs: str | Path | 
         torch.manual_seed(seed)
         samples, _ = mc_sample_probs(run.model, x, num_samples, batch_size=batch_size,
                                      desc=f"MC predict ({len(x)})", progress=progress,
-                                     posterior=run.posterior)
+                                     posterior=run.posterior, tol=tol, max_samples=max_samples)
     parts = decompose_draws(samples)
     prob, pred = samples.double().mean(0).max(-1)
     buf = io.StringIO()

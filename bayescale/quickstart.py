@@ -35,7 +35,7 @@ __all__ = ["run_pipeline", "digits_net", "run_digits"]
 
 
 def run_pipeline(*, config: str = "quickstart", overrides: Sequence[str] = (),
-                 epochs: float | None = None, num_samples: int = 100,
+                 epochs: float | None = None, num_samples: int | str = "auto",
                  ood: str | None = "fashion-mnist-small", out_dir: str | Path = "runs",
                  seed: int = 0, progress: bool = True, log: Any = print) -> dict[str, Any]:
     """Train, evaluate with uncertainty (and an OOD set), and write the report of one run.
@@ -45,7 +45,8 @@ def run_pipeline(*, config: str = "quickstart", overrides: Sequence[str] = (),
             on ``mnist-small``, 3 epochs).
         overrides: dotted config overrides, e.g. ``["optim.lr=3e-3"]``.
         epochs: training epochs (default: the config's).
-        num_samples: MC weight draws T of the evaluation.
+        num_samples: MC weight draws T of the evaluation, or ``"auto"`` (default): draw until
+            the predictive has converged (MC standard error below 1e-3, at most 300 draws).
         ood: the out-of-distribution data set (None: skip OOD detection).
         out_dir: parent of the run directory (a new one is made per run).
         seed: training seed (``train.seed``); the MC draws use seed 0.
@@ -73,7 +74,8 @@ def run_pipeline(*, config: str = "quickstart", overrides: Sequence[str] = (),
     out: dict[str, Any] = {"run_dir": result["run_dir"], "train": result}
     if result["rank"] != 0:
         return out
-    say(f"[2/3] evaluating with {num_samples} MC weight draws"
+    say("[2/3] evaluating with " + ("MC weight draws until the predictive converges"
+                                    if num_samples == "auto" else f"{num_samples} MC weight draws")
         + (f", out-of-distribution set {ood}" if ood else ""))
     metrics = evaluate_run(result["run_dir"], num_samples, ood=ood, progress=progress)
     t2 = time.perf_counter()

@@ -280,6 +280,7 @@ def mc_predict(
     max_samples: int = 300,
     posterior: Any = None,
     progress: bool = False,
+    desc: str = "MC draws",
     return_info: bool = False,
 ) -> Tensor | RegressionPrediction | tuple[Tensor | RegressionPrediction, MCInfo]:
     """Monte Carlo predictive distribution: average over T weight samples.
@@ -320,7 +321,7 @@ def mc_predict(
             :class:`bayescale.nn.posterior.ParamPosterior`, or an optimizer with a
             ``posterior()`` method such as IVON): each sample runs ``model`` under
             ``posterior.sample()``, which writes one weight draw into its parameters.
-        progress: show a progress bar over the draws.
+        progress: show a progress bar over the draws (labelled ``desc``).
         return_info: also return an :class:`MCInfo` (the T used, K, the standard error).
 
     Returns:
@@ -372,7 +373,7 @@ def mc_predict(
     gen = outputs(model, members, num_passes, x, batch_size, draws_per_pass, memory_budget,
                   info, posterior)
     done, check_at, error = 0, min_samples, None
-    with tqdm(total=num_passes, desc="MC draws", unit="draw", disable=not progress) as bar:
+    with tqdm(total=num_passes, desc=desc, unit="draw", disable=not progress) as bar:
         try:
             for t, sl, out, round_done in gen:
                 acc.add(t, sl, out)
@@ -387,6 +388,8 @@ def mc_predict(
                     check_at = done + max(ADAPTIVE_ROUND, info["draws_per_pass"])
         finally:
             gen.close()
+    if adaptive and done >= 2:
+        error = acc.error(done)  # at the T used (the last round may have ended at the cap)
     result = acc.result(done)
     if adaptive:
         total = done

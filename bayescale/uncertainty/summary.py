@@ -8,16 +8,13 @@ The decomposition is Depeweg et al. 2018 (arXiv:1710.07283); OOD scores follow H
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from ..nn.sampling import bayesian_layers
 from .metrics import aurc, classification_metrics, heldout_log_likelihood, ood_metrics
 from .predict import decompose, timed_mc_predict
 
@@ -39,37 +36,27 @@ PREDICTION_KEYS = {  # what predictions.npz holds (N test inputs, M OOD inputs, 
 }
 
 
-def mc_sample_probs(model: torch.nn.Module, x: Tensor, num_samples: int, *,
-                    batch_size: int = 1000, desc: str = "MC", progress: bool = True,
-                    posterior: Any = None) -> tuple[Tensor, float]:
+def mc_sample_probs(model: torch.nn.Module | list[torch.nn.Module], x: Tensor,
+                    num_samples: int | str = "auto", *, batch_size: int = 1000,
+                    desc: str = "MC", progress: bool = True, posterior: Any = None,
+                    tol: float | None = None, max_samples: int = 300,
+                    return_info: bool = False) -> tuple[Any, ...]:
     """Per-draw probabilities (T, N, C) and the seconds the T draws took (progress bar on).
 
-    ``model`` may be a list of networks (weight samples collected by the Ke & Fan optimizer):
-    then each member is one draw and T = its length (Bayesian model averaging). ``posterior``
-    (a :class:`~bayescale.nn.posterior.ParamPosterior`, e.g. an IVON run's) draws the weights of
-    a deterministic ``model`` in place, one draw per sample."""
-    if isinstance(model, (list, tuple)):
-        with tqdm(total=len(model), desc=desc, disable=not progress, unit="draw") as bar:
-            probs, dt = timed_mc_predict(list(model), x, None, batch_size=batch_size,
-                                         return_samples=True)
-            bar.update(len(model))
-        return probs, dt
-    stochastic = bool(bayesian_layers(model)) or posterior is not None
-    extra = {"posterior": posterior} if posterior is not None else {}
-    step = max(1, math.ceil(num_samples / 20)) if stochastic else num_samples
-    out: Tensor | None = None
-    seconds, done = 0.0, 0
-    with tqdm(total=num_samples, desc=desc, disable=not progress, unit="draw") as bar:
-        while done < num_samples:
-            k = min(step, num_samples - done)
-            probs, dt = timed_mc_predict(model, x, k, batch_size=batch_size, return_samples=True,
-                                         **extra)
-            if out is None:
-                out = probs.new_empty((num_samples, *probs.shape[1:]))
-            out[done:done + k] = probs
-            seconds, done = seconds + dt, done + k
-            bar.update(k)
-    return out, seconds
+    ``num_samples`` is a fixed T (the seed's 300, BPrune's 400) or ``"auto"``: draw until the MC
+    standard error of the predictive probabilities is below ``tol``, at most ``max_samples``
+    draws (:func:`~bayescale.uncertainty.mc_predict`); T is ``probs.shape[0]``. A deterministic
+    network under ``"auto"`` gives T = 1. ``model`` may be a list of networks (weight samples
+    collected by the Ke & Fan optimizer): then each member is one draw and T = its length
+    (Bayesian model averaging). ``posterior`` (a :class:`~bayescale.nn.posterior.ParamPosterior`,
+    e.g. an IVON run's) draws the weights of a deterministic ``model`` in place. With
+    ``return_info`` the :class:`~bayescale.uncertainty.predict.MCInfo` comes third."""
+    members = isinstance(model, (list, tuple))
+    (probs, info), seconds = timed_mc_predict(
+        list(model) if members else model, x, None if members else num_samples,
+        batch_size=batch_size, return_samples=True, return_info=True, posterior=posterior,
+        tol=tol, max_samples=max_samples, progress=progress, desc=desc)
+    return (probs, seconds, info) if return_info else (probs, seconds)
 
 
 def decompose_draws(sample_probs: Tensor) -> dict[str, Tensor]:

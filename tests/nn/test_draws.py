@@ -39,13 +39,21 @@ def _batched(model: nn.Module, x: torch.Tensor, k: int, seed: int) -> torch.Tens
         return model(x.repeat(k, *([1] * (x.dim() - 1))))
 
 
-def _check(model: nn.Module, x: torch.Tensor, k: int = 3) -> None:
+def _shared(model: nn.Module, x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
+    with draws(model, k, shared_input=True):
+        return model(x)  # B rows in, K * B rows out (the first Bayesian layer widens)
+
+
+def _check(model: nn.Module, x: torch.Tensor, k: int = 3, shared: bool = True) -> None:
     model = model.double().eval()
     x = x.double()
     with torch.no_grad():
         ref, out = _loop(model, x, k, 7), _batched(model, x, k, 7)
-    assert out.shape == ref.shape
+        wide = _shared(model, x, k, 7) if shared else ref
+    assert out.shape == ref.shape == wide.shape
     torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(wide, ref, rtol=1e-10, atol=1e-10)
     assert not torch.allclose(ref[: len(x)], ref[len(x): 2 * len(x)])  # the draws do differ
 
 
@@ -102,7 +110,23 @@ def test_an_arbitrary_bayesianized_module():
             h = x + torch.tanh(self.conv(x))  # a residual connection
             return self.head(h.flatten(1))
 
-    _check(bayesianize(Block()), torch.randn(4, 3, 7))
+    # the residual adds the B input rows to the K * B rows of the first Bayesian layer, so
+    # only the stacked input batches; mc_predict's "auto" finds that and keeps the loop
+    _check(bayesianize(Block()), torch.randn(4, 3, 7), shared=False)
+    with pytest.raises(RuntimeError), torch.no_grad():
+        _shared(bayesianize(Block()), torch.randn(4, 3, 7), 3, 0)
+
+
+def test_shared_input_runs_the_layers_before_the_first_bayesian_one_once():
+    calls = []
+    stem = nn.Conv2d(1, 4, 3, padding=1)
+    stem.register_forward_hook(lambda m, a, out: calls.append(a[0].shape[0]))
+    net = nn.Sequential(stem, nn.ReLU(), BayesConv2d(4, 6, 3, groups=2), nn.ReLU(),
+                        nn.Flatten(), BayesLinear(6 * 4 * 4, 3))
+    _check(net, torch.randn(5, 1, 6, 6), k=4)
+    assert calls == [5, 5, 5, 5, 20, 5]  # loop: 4 x 5 rows; stacked: 20; shared: 5 rows once
+    for layer in bayesian_layers(net):
+        assert layer._draw_rows is None  # the root-rows hook is gone after the context
 
 
 @pytest.mark.parametrize("name", [n for n in list_models() if n.startswith(("BNN", "CIFAR10_BNN"))]

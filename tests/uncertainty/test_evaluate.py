@@ -327,3 +327,20 @@ def load_run_data_x(run):
     from bayescale.train.runs import load_run
 
     return load_run(run).data().test.x
+
+
+def test_evaluate_by_default_draws_until_the_predictive_converges(evaluated, tmp_path, shifted):
+    run_dir = shutil.copytree(evaluated[0], tmp_path / "run")
+    m = evaluate_run(run_dir, ood=str(shifted), progress=False, max_samples=60)
+    mc = m["mc"]
+    assert mc["requested"] == "auto" and 20 <= m["num_samples"] <= 60 + mc["draws_per_pass"]
+    assert mc["converged"] == (mc["standard_error"] <= 1e-3)
+    assert mc["converged"] or m["num_samples"] == 60
+    p = load_predictions(run_dir)
+    assert p["sample_accuracy"].shape == (m["num_samples"],) == (int(p["num_samples"]),)
+    fixed = evaluate_run(run_dir, m["num_samples"], progress=False, out_dir=tmp_path / "fixed")
+    assert fixed["accuracy"] == m["accuracy"] and fixed["nll"] == pytest.approx(m["nll"])
+    with pytest.raises(EvaluationError, match="'auto' or an integer"):
+        evaluate_run(run_dir, "many", progress=False)
+    with pytest.raises(EvaluationError, match="--max-samples"):
+        evaluate_run(run_dir, progress=False, max_samples=5)
