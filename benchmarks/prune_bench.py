@@ -6,7 +6,8 @@
 
 * ``accuracy``: the seed MNIST models trained as in the training issue (``benchmarks/trained.py``,
   shipped config, 3 epochs), BPrune table at 0 / 80 / 90 % of the Bayesian weights pruned by SNR,
-  clean and bprune modes, on the whole MNIST test set.
+  clean and bprune modes, on the whole MNIST test set. An IVON run (``--models mnist_ivon:3``)
+  is pruned by the SNR |m|/sigma of its posterior, clean mode (m = sigma = 0), no fine-tuning.
 * ``mlp``: a Flipout BNN 784-400-400-10 trained here (Adam, ELBO), 80 % of the hidden units of each
   layer removed by unit SNR and the network rebuilt smaller; MC inference time A/B interleaved.
 * ``cifar``: ``CIFAR10_BNN_model`` (trained run, 3 epochs), 70 % of the filters of each
@@ -34,6 +35,7 @@ import bayescale
 from bayescale.data.catalogue import load_dataset
 from bayescale.pruning import bprune as P
 from bayescale.pruning import compact as C
+from bayescale.pruning import posterior as PP
 from bayescale.scale.bench import provenance, results_path, summary, time_interleaved, write_json
 from bayescale.train.runs import load_run
 from bayescale.uncertainty.metrics import accuracy, heldout_log_likelihood
@@ -82,20 +84,25 @@ def accuracy_suite(a: argparse.Namespace) -> dict:
         data = (test.x[: a.num_test], test.y[: a.num_test])
         kw = {"num_samples": a.samples, "num_passes": a.passes, "batch_size": 2000}
         t0 = time.perf_counter()
-        # the unpruned row once (threshold 0 prunes nothing in either mode), then both modes
-        table = P.bprune_table(run.model, data, [0.0], sparsities=[0.8, 0.9], **kw)
-        table += P.bprune_table(run.model, data, sparsities=[0.8, 0.9], modes=("bprune",), **kw)
-        if a.finetune_epochs:
-            table += _finetuned_rows(run, data, a, kw)
+        if run.posterior is not None:  # IVON: SNR |m|/sigma of the optimizer's posterior
+            table = PP.posterior_prune_table(run.model, run.posterior, data, [0.0],
+                                             sparsities=[0.8, 0.9], **kw)
+        else:  # the unpruned row once (threshold 0 prunes nothing in either mode), both modes
+            table = P.bprune_table(run.model, data, [0.0], sparsities=[0.8, 0.9], **kw)
+            table += P.bprune_table(run.model, data, sparsities=[0.8, 0.9], modes=("bprune",),
+                                    **kw)
+            if a.finetune_epochs:
+                table += _finetuned_rows(run, data, a, kw)
         for r in table:
             b = table[0]
             r["acc_mc_loss_points"] = 100 * (b["acc_mc"] - r["acc_mc"])
             r["acc_single_loss_points"] = 100 * (b["acc_single"] - r["acc_single"])
-        rows[f"{run.config.model.name} ({epochs} epochs)"] = {
+        label = run.config.model.name + (" IVON" if run.posterior is not None else "")
+        rows[f"{label} ({epochs} epochs)"] = {
             "run": str(run.run_dir), "train_epochs": int(epochs), "table": table,
             "seconds": time.perf_counter() - t0}
         for r in table:
-            print(run.config.model.name, {k: (round(v, 4) if isinstance(v, float) else v)
+            print(label, {k: (round(v, 4) if isinstance(v, float) else v)
                                           for k, v in r.items()}, flush=True)
     return rows
 

@@ -1,5 +1,6 @@
 """Pruning: BPrune by the signal-to-noise ratio |mu|/sigma (Sharma & Jennings), structured
-compaction into a smaller dense network, dependency-graph pruning, and export for deployment.
+compaction into a smaller dense network, the same on a posterior over plain weights (IVON),
+dependency-graph pruning, and export for deployment.
 """
 
 from __future__ import annotations
@@ -42,6 +43,18 @@ from .export import (
     export_torchscript,
     sampling_model,
 )
+from .posterior import (
+    apply_posterior_masks,
+    compact_posterior,
+    mask_posterior_units,
+    posterior_layers,
+    posterior_prune_table,
+    posterior_snr_scores,
+    posterior_unit_scores,
+    prune_posterior,
+    prune_posterior_run,
+    structured_prune_posterior,
+)
 
 __all__ = [
     "MODES",
@@ -71,6 +84,16 @@ __all__ = [
     "compaction_plan",
     "structured_prune",
     "posterior_mean_model",
+    "posterior_layers",
+    "posterior_snr_scores",
+    "apply_posterior_masks",
+    "prune_posterior",
+    "posterior_unit_scores",
+    "mask_posterior_units",
+    "compact_posterior",
+    "structured_prune_posterior",
+    "posterior_prune_table",
+    "prune_posterior_run",
     "SampledLayer",
     "sampling_model",
     "export_torchscript",

@@ -392,6 +392,13 @@ def prune_run(path: str | Path, *, thresholds: Sequence[float] = (),
     test = run.data().test
     x, y = test.x[:num_test], test.y[:num_test]
     table = ([0.0] if baseline and 0.0 not in thresholds else []) + list(thresholds)
+    if run.posterior is not None:  # an IVON run: SNR |m|/sigma of the posterior over its weights
+        from .posterior import prune_posterior_run
+
+        return prune_posterior_run(run, (x, y), table, sparsities=sparsities, scope=scope,
+                                   modes=modes, criterion=criterion, num_samples=num_samples,
+                                   num_passes=num_passes, save=save, plots=plots,
+                                   plot_thresholds=thresholds)
     rows = bprune_table(run.model, (x, y), table, sparsities=sparsities, scope=scope,
                         modes=modes, criterion=criterion, num_samples=num_samples,
                         num_passes=num_passes)
@@ -413,3 +420,4 @@ def prune_run(path: str | Path, *, thresholds: Sequence[float] = (),
             "model": model.state_dict(), "config": config_to_dict(run.config),
             "step": run.step, "prune": info})
     return result
+

@@ -347,18 +347,21 @@ def _slice_norm(bn: nn.Module, idx: Tensor) -> nn.Module:
 
 
 @torch.no_grad()
-def compact(model: nn.Module, example_input: Tensor) -> nn.Module:
+def compact(model: nn.Module, example_input: Tensor, *,
+            plan: CompactionPlan | None = None) -> nn.Module:
     """A physically smaller copy of ``model`` without its removable units (see module doc).
 
     Args:
         model: an ``nn.Sequential`` chain of Linear/Conv layers (plain or Bayesian); units are
             removable when exactly zero (e.g. after :func:`mask_units`, or Ke & Fan's pruning).
         example_input: one input batch (only its first example is run, to read shapes).
+        plan: cut by this plan instead of the model's own (:func:`compaction_plan` of a model
+            with the same shapes, e.g. the support |m| + sigma of a posterior).
 
     Returns:
         The compacted copy (``model`` is untouched); same function in eval mode.
     """
-    plan = compaction_plan(model, example_input)
+    plan = compaction_plan(model, example_input) if plan is None else plan
     new = copy.deepcopy(model)
     bounds = {b.producer: b for b in _boundaries(model)}
     names = set(plan.keep) | set(plan.consumer_cols)

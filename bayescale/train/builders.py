@@ -139,17 +139,20 @@ def make_run_dir(cfg: Config, run_dir: Path | None, resuming: bool) -> Path:
 
 @torch.no_grad()
 def eval_sharded(model: nn.Module, test: Dataset, samples: int, batch_size: int,
-                 device: torch.device, precision: str = "fp32") -> dict[str, float]:
+                 device: torch.device, precision: str = "fp32", posterior: Any = None
+                 ) -> dict[str, float]:
     """MC held-out accuracy and NLL; each rank takes a contiguous shard, sums are all-reduced.
 
     Predictive probabilities average ``samples`` weight draws (one draw per sample shared by the
-    whole shard); ``test_nll`` is the mean of -log p(y|x) under that average ("held-out nats").
+    whole shard; from ``posterior``, e.g. the IVON optimizer, when given); ``test_nll`` is the
+    mean of -log p(y|x) under that average ("held-out nats").
     """
     idx = torch.tensor_split(torch.arange(len(test)), D.world_size())[D.rank()]
     x, y = test.x[idx].to(device), test.y[idx].to(device)
     dtype = torch.bfloat16 if precision == "bf16" else None
     with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-        probs = mc_predict(model, x, samples, batch_size=batch_size) if len(y) else None
+        probs = (mc_predict(model, x, samples, batch_size=batch_size, posterior=posterior)
+                 if len(y) else None)
     sums = torch.zeros(3, dtype=torch.float64, device=device)
     if len(y):
         picked = probs.gather(1, y.view(-1, 1)).squeeze(1).clamp_min(1e-12)

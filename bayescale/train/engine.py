@@ -257,10 +257,12 @@ class _Trainer:
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             torch.manual_seed(self.cfg.train.seed + 104_729 * (self.rank + 1) + self.step)
             self.base.eval()
-            # a deterministic twin gives the same prediction every time: one pass suffices
-            samples = e.samples if bayesian_layers(self.base) else 1
+            # a deterministic twin gives the same prediction every time: one pass suffices;
+            # an IVON run draws its weights from the optimizer's posterior, like a BNN
+            posterior = self.opt if self.cfg.optim.name == "ivon" else None
+            samples = e.samples if bayesian_layers(self.base) or posterior else 1
             res = eval_sharded(self.base, self.data.test, samples, e.batch_size, self.device,
-                               self.cfg.train.precision)
+                               self.cfg.train.precision, posterior=posterior)
             self.base.train()
         row = {"step": self.step, "epoch": round(epoch, 4), **res, **extra,
                "time_to_train_s": self.time_to_train}
