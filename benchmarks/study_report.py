@@ -142,8 +142,8 @@ def plot_reliability_grid(dataset: str, rows: dict[str, dict[str, Any]], out: Pa
 
 
 def write_outputs(dataset: str, rows: list[dict[str, Any]], config: dict[str, Any],
-                  command: str, docs: bool = True) -> Path:
-    """The result JSON (and, with ``docs``, the figures and the docs table) from ``rows``."""
+                  command: str, docs: bool = True, figures: bool = True) -> Path:
+    """The result JSON (and the figures, and with ``docs`` the docs table) from ``rows``."""
     epochs = config["epochs"]
     main = MAIN[dataset]
     methods = _section(rows, main, epochs)
@@ -158,18 +158,16 @@ def write_outputs(dataset: str, rows: list[dict[str, Any]], config: dict[str, An
     record["trainings"] = {k: {f: v[f] for f in ("config", "overrides", "epochs", "train_s",
                                                   "wall_s", "finished")}
                            for k, v in sorted(trains.items())}
-    figures = []
-    if methods:
-        first = {}
+    if methods and figures:
+        first: dict[str, dict[str, Any]] = {}
         for r in sorted(rows, key=lambda r: r.get("seed", 0)):
             if r.get("kind") == "eval" and r["section"] == main and r["epochs"] == epochs:
                 first.setdefault(r["method"], r)
-        first = {m: first[m] for m in methods}
-        figures = [plot_shift(dataset, methods, figures_path(f"uncertainty_study_{dataset}"
-                                                            "_shift.png")),
-                   plot_reliability_grid(dataset, first, figures_path(
-                       f"uncertainty_study_{dataset}_reliability.png"))]
-    record["figures"] = [os.path.relpath(f, ROOT) for f in figures]
+        plot_shift(dataset, methods, figures_path(f"uncertainty_study_{dataset}_shift.png"))
+        plot_reliability_grid(dataset, {m: first[m] for m in methods},
+                              figures_path(f"uncertainty_study_{dataset}_reliability.png"))
+    record["figures"] = [f"docs/figures/uncertainty_study_{dataset}_{k}.png"
+                         for k in ("shift", "reliability")] if methods else []
     path = write_json(results_path(f"uncertainty_study_{dataset}.json"), record)
     if docs and not os.environ.get("BAYESCALE_RESULTS_DIR"):
         import tables

@@ -172,6 +172,53 @@ def peers(d: dict) -> str:
                   rows) + _stamp(d)
 
 
+def _study_rows(methods: dict) -> list[list[str]]:
+    def f(v, spec):
+        return "—" if v is None else format(v, spec)
+
+    def pm(m, key, spec, scale=1.0):
+        vals = m.get("per_seed", {}).get(key)
+        mean = m.get(key)
+        if mean is None:
+            return "—"
+        text = format(scale * mean, spec)
+        if vals and len(vals) > 1 and None not in vals:
+            text += f" ± {format(scale * statistics.stdev(vals), spec)}"
+        return text
+
+    rows = []
+    for name, m in methods.items():
+        score = m.get("ood_score")
+        score = score if isinstance(score, str) else "/".join(sorted(set(score or [])))
+        ood = "—" if m.get("ood_auroc") is None else f"{m['ood_auroc']:.3f} ({score})"
+        rows.append([f"`{name}`", str(len(m["seeds"])), pm(m, "accuracy", ".2f", 100),
+                     pm(m, "nll", ".4f"), pm(m, "brier", ".4f"), pm(m, "ece", ".4f"),
+                     pm(m, "aurc", ".4f"), ood, pm(m, "shift_ece", ".4f"),
+                     f(m.get("train_s"), ".0f"), f(m.get("infer_s"), ".1f"),
+                     str(m.get("mc_samples", "—"))])
+    return rows
+
+
+_STUDY_HEADER = ["method", "seeds", "accuracy (%)", "NLL", "Brier", "ECE", "AURC",
+                 "OOD AUROC (score)", "shift ECE", "train s", "infer s", "T"]
+
+
+def uncertainty_study(d: dict) -> str:
+    cfg = d["provenance"]["config"]
+    note = (f"\n\n<sub>{cfg['epochs']} epochs, {cfg['train_size']:,} training images; "
+            f"mean ± sd over seeds; {len(d['methods'])} of 6 methods done</sub>")
+    return _table(_STUDY_HEADER, _study_rows(d["methods"])) + note + _stamp(d)
+
+
+def uncertainty_study_fc(d: dict) -> str:
+    return _table(_STUDY_HEADER, _study_rows(d.get("fc", {}).get("methods", {}))) + _stamp(d)
+
+
+def uncertainty_study_targets(d: dict) -> str:
+    rows = [[k, _met(v)] for k, v in d.get("targets", {}).items()]
+    return _table(["target (`bnn` against `deterministic`)", "met"], rows or [["—", "—"]])
+
+
 RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "layer_overhead": ("layer_overhead", layer_overhead),
     "train_mnist": ("train_mnist", train_mnist),
@@ -182,6 +229,12 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "scaling_fit": ("scaling", scaling_fit),
     "scaling_extrapolation": ("scaling", scaling_extrapolation),
     "peers": ("peers", peers),
+    "uncertainty_study_mnist": ("uncertainty_study_mnist", uncertainty_study),
+    "uncertainty_study_mnist_fc": ("uncertainty_study_mnist", uncertainty_study_fc),
+    "uncertainty_study_mnist_targets": ("uncertainty_study_mnist", uncertainty_study_targets),
+    "uncertainty_study_cifar10": ("uncertainty_study_cifar10", uncertainty_study),
+    "uncertainty_study_cifar10_targets": ("uncertainty_study_cifar10",
+                                          uncertainty_study_targets),
 }
 
 

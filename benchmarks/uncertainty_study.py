@@ -68,6 +68,7 @@ SHIFTS = {"mnist": [("rotation", list(range(0, 181, 15))), ("noise", [0.1, 0.2, 
                       ("contrast", [1, 2, 3, 4, 5])]}
 SEEDS = {"deterministic": [0, 1, 2], "bnn": [0, 1, 2]}  # the rest: [0]
 # the order of the work: a first comparison early, then the baselines, then more seeds
+FIGURES_EVERY_ROW = True  # redraw the figures after each evaluation (not only at the end)
 PRIORITY = [("conv", "deterministic"), ("vgg3", "deterministic"), ("conv", "temperature_scaled"),
             ("vgg3", "temperature_scaled"), ("conv", "bnn"), ("vgg3", "bnn"),
             ("fc", "deterministic"), ("fc", "bnn"), ("conv", "mc_dropout"),
@@ -258,7 +259,8 @@ def run_study(args: argparse.Namespace) -> Path:
         print(f"[eval] {section}/{method} seed {seed}: acc {row['accuracy']:.4f} nll "
               f"{row['nll']:.4f} ece {row['ece']:.4f} ood {row.get('ood_auroc')} shift_ece "
               f"{row['shift_ece']:.4f} ({row['eval_wall_s']:.0f} s)", flush=True)
-        write_outputs(args.dataset, read_rows(log), config, " ".join(["python", *sys.argv]))
+        write_outputs(args.dataset, read_rows(log), config, " ".join(["python", *sys.argv]),
+                      figures=FIGURES_EVERY_ROW)
     return write_outputs(args.dataset, read_rows(log), config, " ".join(["python", *sys.argv]))
 
 

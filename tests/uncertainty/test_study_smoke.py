@@ -21,16 +21,18 @@ import uncertainty_study as US  # noqa: E402
 from bayescale.data.catalogue import load_dataset  # noqa: E402
 from bayescale.data.datasets import Dataset  # noqa: E402
 from bayescale.data.split import validation_split  # noqa: E402
+from bayescale.train.runs import load_run  # noqa: E402
+from bayescale.uncertainty import metrics as M  # noqa: E402
 
 
 def _tiny_data():
     split = load_dataset("mnist-small")
     ood = load_dataset("fashion-mnist-small").test
-    sub = Dataset(split.train.x[:320], split.train.y[:320], "mnist/train", 10)
-    train, val = validation_split(sub, 64, 0)
-    return {"train": train, "val": val, "test_raw": Dataset(split.test.x[:64], split.test.y[:64],
+    sub = Dataset(split.train.x[:160], split.train.y[:160], "mnist/train", 10)
+    train, val = validation_split(sub, 32, 0)
+    return {"train": train, "val": val, "test_raw": Dataset(split.test.x[:48], split.test.y[:48],
                                                             "mnist/test", 10),
-            "ood": Dataset(ood.x[:64], ood.y[:64], "fashion/test", 10), "prep": lambda x: x,
+            "ood": Dataset(ood.x[:48], ood.y[:48], "fashion/test", 10), "prep": lambda x: x,
             "num_classes": 10, "name": "mnist"}
 
 
@@ -39,11 +41,12 @@ def test_every_method_trains_evaluates_resumes_and_writes_the_layout(tmp_path, m
     monkeypatch.setenv("BAYESCALE_RESULTS_DIR", str(tmp_path / "results"))
     monkeypatch.setattr(US, "WORK", tmp_path / "work")
     monkeypatch.setattr(US, "LOCK", tmp_path / "bench.lock")
+    monkeypatch.setattr(US, "FIGURES_EVERY_ROW", False)  # drawn once at the end
     monkeypatch.setattr(US, "SHIFTS", {"mnist": [("rotation", [0, 90]), ("noise", [0.3])]})
     monkeypatch.setattr(US, "load_data", lambda dataset, root: _tiny_data())
     args = ["mnist", "--data-root", "unused", "--epochs", "1", "--seeds", "0",
             "--samples", "3", "--ensemble-size", "2", "--sghmc-cycles", "1",
-            "--sghmc-per-cycle", "1", "--shift-size", "32"]
+            "--sghmc-per-cycle", "1", "--shift-size", "16", "--batch-size", "64"]
     US.main(args)
     log = tmp_path / "results" / "uncertainty_study_mnist.partial.jsonl"
     rows = US.read_rows(log)
@@ -63,6 +66,22 @@ def test_every_method_trains_evaluates_resumes_and_writes_the_layout(tmp_path, m
         assert r["train_s"] > 0 and r["infer_s"] > 0
     det = next(r for r in evals if r["method"] == "deterministic" and r["section"] == "conv")
     assert det["ood_auroc_mi"] is None and det["ood_auroc"] == det["ood_auroc_entropy"]
+    # naive references: the ensemble is the mean of its members' softmax, the temperature-scaled
+    # twin is softmax(logits / T) with T fitted on the validation split
+    data = _tiny_data()
+    x, y = data["test_raw"].x, data["test_raw"].y
+    twins = [load_run(tmp_path / "work" / "mnist" / f"conv-deterministic-s{k}").model.eval()
+             for k in (0, 1)]
+    with torch.no_grad():
+        mean = torch.stack([torch.softmax(m(x), -1) for m in twins]).mean(0).double()
+        logits = twins[0](x).double()
+    ens = next(r for r in evals if r["method"] == "deep_ensemble")
+    assert ens["nll"] == pytest.approx(M.nll(mean, y), rel=1e-5)
+    assert ens["ece"] == pytest.approx(M.ece(mean, y, 15), abs=1e-6)
+    ts = next(r for r in evals if r["method"] == "temperature_scaled")
+    t = ts["study_temperature"]
+    assert ts["nll"] == pytest.approx(M.nll(torch.softmax(logits / t, -1), y), rel=1e-4)
+    assert ts["accuracy"] == det["accuracy"]  # a temperature never changes the argmax
     # a restart skips everything that is done
     US.main(args)
     assert len(US.read_rows(log)) == len(rows)
