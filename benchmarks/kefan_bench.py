@@ -3,6 +3,7 @@
     python benchmarks/kefan_bench.py regression [--epochs 3000] [--seeds 0]
     python benchmarks/kefan_bench.py mnist --data-root /work/shared/data [--epochs 3]
     python benchmarks/kefan_bench.py steptime [--rounds 15]
+    python benchmarks/kefan_bench.py robustness [--epochs 400] [--seeds 0 1 2 3 4]
 
 * ``regression``: spec §4.8, Example 1 of the authors' sparse-regression notebooks, replicated:
   data as their ``data_generator1.py`` (``np.random.seed(5041294)`` reset for the train and the
@@ -16,6 +17,11 @@
   mean-field BNN with Adam (``BNN_conv_flip``) and as a plain CNN with Adam; accuracy, NLL, ECE,
   time per epoch (interleaved step timing x steps per epoch, and the runs' own wall time),
   parameter + optimizer-state bytes; sparse: sparsity, accuracy loss, compacted speed-up.
+* ``robustness``: the selection study of ``kefan_robustness.py`` (problem generators in
+  ``kefan_problems.py``): Example 1, a P = 2000 net with three hidden layers, an interaction
+  term, a classification (BCE), each over several seeds, the default preset against the
+  ``notebook`` preset, an oracle (Adam on the true inputs) and an L1 selection (scikit-learn);
+  resumable (``kefan_robustness.partial.jsonl``), each run under the shared lock.
 * ``steptime``: one training step (forward, backward, update) of ``CNN_conv`` at batch 64 with
   this optimizer vs ``torch.optim.SGD(momentum=0.9)``, A/B interleaved medians.
 
@@ -303,9 +309,30 @@ def run_mnist(args: argparse.Namespace) -> None:
     print(f"wrote {path}")
 
 
+def run_robustness(args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from kefan_problems import STUDY
+    from kefan_robustness import run_study, table
+
+    from bayescale.kefan.optimizer import DEFAULT_PRESET
+
+    seeds = args.seeds if args.seeds != [0] else [0, 1, 2, 3, 4]
+    res = run_study(args.problems or list(STUDY), seeds, args.preset or DEFAULT_PRESET,
+                    args.compare, args.epochs or 400, results_path(f"kefan_robustness{args.tag}"
+                                                                   ".json"),
+                    budget=BUDGET)
+    print(table(res))
+
+
+BUDGET = ("2 CPU cores shared by 4 jobs, 1 torch thread per run: 400 epochs (4000 steps, "
+          "~35-60 s a run uncontended) so that 4 problems x 5 seeds x 2 presets, the oracles and "
+          "the L1 fits finish within about 2 hours")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("suite", choices=["regression", "mnist", "steptime"])
+    ap.add_argument("suite", choices=["regression", "mnist", "steptime", "robustness"])
     ap.add_argument("--epochs", type=int, default=None)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: 1 for "
@@ -314,12 +341,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--mc", type=int, default=20, help="MC samples of the mean-field BNN")
     ap.add_argument("--data-root", default="/work/shared/data")
     ap.add_argument("--tag", default="", help="suffix of the result file name")
+    ap.add_argument("--problems", nargs="+", default=None, help="robustness: problem types "
+                    "(default: all of kefan_problems.STUDY)")
+    ap.add_argument("--preset", default=None, help="robustness: the preset studied (default: "
+                    "the library default)")
+    ap.add_argument("--compare", nargs="*", default=["notebook"], help="robustness: presets "
+                    "run after it on the same problems and seeds")
     ap.add_argument("--train-only", action="store_true", help="mnist: only train the runs "
                     "(cached in bench_out/trained/), e.g. outside the benchmark lock")
     args = ap.parse_args(argv)
     if args.threads is None:
         args.threads = 1 if args.suite == "regression" else 2
-    if args.suite == "regression":
+    if args.suite == "robustness":
+        run_robustness(args)
+    elif args.suite == "regression":
         args.epochs = args.epochs or 3000
         run_regression(args)
     elif args.suite == "steptime":

@@ -219,6 +219,55 @@ def uncertainty_study_targets(d: dict) -> str:
     return _table(["target (`bnn` against `deterministic`)", "met"], rows or [["—", "—"]])
 
 
+def _kf_rows(name: str, p: dict) -> list[list[str]]:
+    mse = p["loss"] == "mse"
+    net = f"{p['p']}-{'-'.join(map(str, p['widths']))}-1, {p['loss']}"
+    orc = p["oracle_metric"]
+
+    def fm(v: float) -> str:
+        return f"{v:.3f}" if mse else f"{100 * v:.1f}%"
+
+    def row(label: str, s: dict, runs: list[dict]) -> list[str]:
+        if not s:
+            return []
+        vs = (f"{s['metric_vs_oracle']:.2f}x" if mse
+              else f"{s['accuracy_minus_oracle_pts']:+.1f} pt")
+        exact = sum(r["exact_support"] for r in runs)
+        cost = (f"{s['epochs']} ep, {s['median_seconds']:.0f} s" if "epochs" in s
+                else f"{s.get('median_seconds', 0):.0f} s")
+        flagged = (f"{s['flagged_unstable']} ({s['failed_and_flagged']} of "
+                   f"{len(runs) - exact} failures)" if "flagged_unstable" in s else "—")
+        met = _met(s.get("target_met")) if label.startswith("`") and "target_met" in s else "—"
+        return [name, net, label, f"{exact} of {len(runs)}", fm(s["median_metric"]), vs, cost,
+                flagged, met]
+
+    rows = [[name, net, "oracle (Adam, true inputs)", "—", fm(orc), "1", "—", "—", "—"]]
+    rows.append(row(f"`{p['preset']}`", p["summary"], p["runs"]))
+    for c, v in p["compare"].items():
+        rows.append(row(f"`{c}`", v["summary"], v["runs"]))
+    rows.append(row("L1 (lasso / L1 logistic)", p["lasso"]["summary"], p["lasso"]["runs"]))
+    return [r for r in rows if r]
+
+
+def kefan_robustness(d: dict) -> str:
+    rows = [r for name, p in d["problems"].items() for r in _kf_rows(name, p)]
+    return _table(["problem", "P, net, loss", "method", "exact support (seeds)",
+                   "median test MSE / accuracy", "vs oracle", "cost per run (median)",
+                   "flagged unstable", "target met"], rows) + _stamp(d)
+
+
+def kefan_robustness_headline(d: dict) -> str:
+    probs = d["problems"].values()
+    pre = next(iter(probs))["preset"]
+    runs = [r for p in probs for r in p["runs"]]
+    met = sum(bool(p["summary"].get("target_met")) for p in probs)
+    nb = [r for p in probs for r in p["compare"].get("notebook", {}).get("runs", [])]
+    nbs = (f" (`notebook`: {sum(r['exact_support'] for r in nb)} of {len(nb)})" if nb else "")
+    return (f"Ke & Fan selection over {len(probs)} problem types: preset `{pre}` keeps exactly "
+            f"the true inputs in {sum(r['exact_support'] for r in runs)} of {len(runs)} runs"
+            f"{nbs}; targets met on {met} of {len(probs)} types")
+
+
 RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "layer_overhead": ("layer_overhead", layer_overhead),
     "train_mnist": ("train_mnist", train_mnist),
@@ -229,6 +278,8 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "scaling_fit": ("scaling", scaling_fit),
     "scaling_extrapolation": ("scaling", scaling_extrapolation),
     "peers": ("peers", peers),
+    "kefan_robustness": ("kefan_robustness", kefan_robustness),
+    "kefan_robustness_headline": ("kefan_robustness", kefan_robustness_headline),
     "uncertainty_study_mnist": ("uncertainty_study_mnist", uncertainty_study),
     "uncertainty_study_mnist_fc": ("uncertainty_study_mnist", uncertainty_study_fc),
     "uncertainty_study_mnist_targets": ("uncertainty_study_mnist", uncertainty_study_targets),

@@ -8,9 +8,11 @@ from .groups import (
     GROUPINGS,
     group_snr,
     group_view,
+    noise_floor_threshold,
     spike_slab_estep,
 )
 from .optimizer import (
+    DEFAULT_PRESET,
     GROUP_POLICIES,
     PRESETS,
     TEMPERATURES,
@@ -18,13 +20,17 @@ from .optimizer import (
     layer_sparsity,
     posterior_temperature,
     resolve_hparams,
+    schedule_hparams,
     sparsity,
     untempered_temperature,
 )
+from .stability import inclusion_frequency, support_report, support_stability
 
 __all__ = [
     "SGHMCSpikeSlab",
     "PRESETS",
+    "DEFAULT_PRESET",
+    "schedule_hparams",
     "GROUP_POLICIES",
     "TEMPERATURES",
     "resolve_hparams",
@@ -36,4 +42,8 @@ __all__ = [
     "group_view",
     "group_snr",
     "spike_slab_estep",
+    "noise_floor_threshold",
+    "inclusion_frequency",
+    "support_stability",
+    "support_report",
 ]

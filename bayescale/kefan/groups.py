@@ -24,7 +24,7 @@ from torch import Tensor
 
 __all__ = ["GROUPINGS", "group_view", "num_groups", "expand_group_mask", "group_mean_square",
            "group_range", "group_snr", "spike_slab_estep", "spike_slab_threshold",
-           "hard_prune_groups", "group_is_zero"]
+           "hard_prune_groups", "group_is_zero", "noise_floor_threshold"]
 
 GROUPINGS = ("out", "in", "kernel")
 
@@ -103,6 +103,23 @@ def spike_slab_estep(w: Tensor, grouping: str, soft_threshold: float) -> Tensor:
     if not soft_threshold >= 0:
         raise ValueError(f"soft_threshold must be >= 0, got {soft_threshold}")
     return group_mean_square(w, grouping) >= soft_threshold
+
+
+def noise_floor_threshold(w: Tensor, grouping: str, floor: float, rel: float) -> float:
+    """E-step threshold relative to the noise floor: ``max(floor, rel * median_g mean(w_g^2))``.
+
+    In a sparse input layer most groups carry no signal, so the median group mean square (pruned
+    groups count as 0) measures how large sampling noise and fitting noise make a useless group
+    at the current step size, loss and width; a group is put under the slab only when it stands
+    ``rel`` times above it. This makes the E-step scale-free where a fixed threshold is not (a
+    noise column's mean square grows with the step size and shrinks with the loss's curvature).
+    ``rel = 0`` gives the fixed ``floor`` (Ke & Fan's rule).
+    """
+    if not (floor >= 0 and rel >= 0):
+        raise ValueError(f"need floor >= 0 and rel >= 0, got {floor}, {rel}")
+    if rel == 0:
+        return float(floor)
+    return max(float(floor), rel * float(group_mean_square(w, grouping).median()))
 
 
 def spike_slab_threshold(group_size: int, slab_std: float, spike_std: float,

@@ -71,10 +71,16 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .groups import expand_group_mask, hard_prune_groups, spike_slab_estep
+from .groups import (
+    expand_group_mask,
+    hard_prune_groups,
+    noise_floor_threshold,
+    spike_slab_estep,
+)
 
-__all__ = ["SGHMCSpikeSlab", "PRESETS", "GROUP_POLICIES", "TEMPERATURES", "resolve_hparams",
-           "untempered_temperature", "posterior_temperature", "sparsity", "layer_sparsity"]
+__all__ = ["SGHMCSpikeSlab", "PRESETS", "DEFAULT_PRESET", "GROUP_POLICIES", "TEMPERATURES",
+           "resolve_hparams", "schedule_hparams", "untempered_temperature",
+           "posterior_temperature", "sparsity", "layer_sparsity"]
 
 GROUP_POLICIES = ("none", "cnn", "fc", "gnn", "cnn_fc")
 TEMPERATURES = ("1/N", "1/sqrt(N)", "untempered")
@@ -92,7 +98,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     "notebook": dict(betas=(0.1, 1.0), eps1=2e-4, eps0=1e-2, soft_threshold=1e-2,
                      hard_threshold=1e-3, warm_up=50, temperature="1/sqrt(N)", eta=0.1,
                      group="fc", cycles=6),
+    # bayescale's default: the notebook set with the E-step and pruning held back until the
+    # first cycle has ended, a spike strong enough to empty a group within a cycle, a larger
+    # step size that climbs back at each restart (docs/kefan.md, the robustness study)
+    "robust": dict(betas=(0.1, 1.0), eps1=2e-4, eps0=1.0, soft_threshold=1e-3,
+                   rel_threshold=10.0, hard_threshold=1e-3, warm_up=50,
+                   temperature="1/sqrt(N)", eta=0.1, group="fc", cycles=4, h0=0.05, h0_bce=0.3,
+                   ramp=0.1, warm_up_cycles=1.0),
 }
+DEFAULT_PRESET = "robust"
+# preset keys that belong to the training schedule, not to the optimizer
+SCHEDULE_KEYS = ("cycles", "h0", "h0_bce", "ramp", "warm_up_cycles")
 
 
 def untempered_temperature(num_train: int, lr: float, betas: tuple[float, float] = (0.1, 1.0),
@@ -109,14 +125,35 @@ def posterior_temperature(temperature: float, num_train: int, lr: float,
     return (1 + b1**2) * tau * num_train * math.sqrt(lr) * temperature**2 / ((1 - b1) * b2)
 
 
-def resolve_hparams(preset: str | None = "notebook", **overrides: Any) -> dict[str, Any]:
-    """A preset's hyper-parameters with the non-None ``overrides`` on top."""
+def resolve_hparams(preset: str | None = DEFAULT_PRESET, **overrides: Any) -> dict[str, Any]:
+    """A preset's hyper-parameters with the non-None ``overrides`` on top (None: the default
+    preset, :data:`DEFAULT_PRESET`)."""
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown Ke & Fan preset {preset!r}; choose one of {sorted(PRESETS)}")
-    out = dict(PRESETS[preset or "notebook"])
+    out = dict(PRESETS[preset or DEFAULT_PRESET])
     out.update({k: v for k, v in overrides.items() if v is not None})
     out["betas"] = tuple(out["betas"])
     return out
+
+
+def schedule_hparams(hp: dict[str, Any], epochs: int, h0: float | None = None,
+                     loss: str = "mse") -> dict[str, Any]:
+    """The training schedule a resolved preset ``hp`` asks for over ``epochs`` epochs:
+    ``cycles``, ``h0`` (the argument, else the preset's - ``h0_bce`` for ``loss="bce"``, whose
+    curvature in the logit is at most 1/4 against 2 for a mean squared error - else 0.01 as
+    the notebooks), ``ramp``
+    (0 unless the preset sets one) and ``warm_up`` in epochs: ``warm_up_cycles`` cycles'
+    worth of epochs when the preset sets that (``"robust"``: the whole first cycle), else its
+    fixed ``warm_up``."""
+    if epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {epochs}")
+    cycles = int(hp["cycles"])
+    wuc = hp.get("warm_up_cycles")
+    warm_up = int(round(wuc * epochs / cycles)) if wuc is not None else int(hp["warm_up"])
+    if h0 is None:
+        h0 = hp.get("h0_bce", hp.get("h0")) if loss == "bce" else hp.get("h0")
+    return {"cycles": cycles, "h0": float(h0 if h0 is not None else 0.01),
+            "ramp": float(hp.get("ramp", 0.0)), "warm_up": warm_up}
 
 
 @dataclass(frozen=True)
@@ -159,6 +196,11 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
         betas: (beta1, beta2) = (1 - friction, gradient scale).
         eps1: slab weight decay delta1 / N; eps0: spike weight decay delta0 / N.
         soft_threshold: E-step threshold on a group's mean w^2 (below: spike).
+        rel_threshold: if > 0, the input layer's E-step threshold is
+            ``max(soft_threshold, rel_threshold * median group mean w^2)``
+            (:func:`bayescale.kefan.groups.noise_floor_threshold`), never lowered from one
+            E-step to the next (kept as ``state[p]["threshold"]``); the input layer is the first
+            2-D weight under an ``"fc"``/``"cnn_fc"`` rule, in parameter order. 0: off.
         hard_threshold: pruning threshold (mean w^2, or range for conv weights).
         warm_up: ``step(epoch=e, batch=0)`` runs the E-step and pruning when ``e > warm_up``.
         group: spike-and-slab group policy, one of ``GROUP_POLICIES``.
@@ -169,17 +211,21 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
     """
 
     def __init__(self, params: Iterable[Tensor] | Iterable[dict], num_train: int,
-                 lr: float = 0.01, *, preset: str | None = "notebook",
+                 lr: float = 0.01, *, preset: str | None = DEFAULT_PRESET,
                  temperature: float | str | None = None, eta: float | None = None,
                  betas: tuple[float, float] | None = None, eps1: float | None = None,
                  eps0: float | None = None, soft_threshold: float | None = None,
+                 rel_threshold: float | None = None,
                  hard_threshold: float | None = None, warm_up: int | None = None,
                  group: str | None = None, seed: int = 0, momentum_init_std: float = 1e-3
                  ) -> None:
         hp = resolve_hparams(preset, temperature=temperature, eta=eta, betas=betas, eps1=eps1,
                              eps0=eps0, soft_threshold=soft_threshold,
-                             hard_threshold=hard_threshold, warm_up=warm_up, group=group)
-        hp.pop("cycles")
+                             rel_threshold=rel_threshold, hard_threshold=hard_threshold,
+                             warm_up=warm_up, group=group)
+        for k in SCHEDULE_KEYS:
+            hp.pop(k, None)
+        hp.setdefault("rel_threshold", 0.0)  # the authors' presets: a fixed E-step threshold
         defaults = dict(lr=lr, num_train=num_train, **hp)
         self._validate(defaults)
         super().__init__(params, defaults)
@@ -198,7 +244,7 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
         _check(g["lr"] >= 0, f"lr (h = C^2) must be >= 0, got {g['lr']}")
         _check(0 <= b1 < 1 and 0 < b2 <= 1, f"need 0 <= beta1 < 1 and 0 < beta2 <= 1, got "
                f"betas={g['betas']} (the spec's defaults are (0.1, 1))")
-        for k in ("eta", "eps1", "eps0", "soft_threshold", "hard_threshold"):
+        for k in ("eta", "eps1", "eps0", "soft_threshold", "rel_threshold", "hard_threshold"):
             _check(g[k] >= 0, f"{k} must be >= 0, got {g[k]}")
         _check(isinstance(g["warm_up"], int) and g["warm_up"] >= 0,
                f"warm_up is a number of epochs (an int >= 0), got {g['warm_up']!r}")
@@ -283,6 +329,16 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
             return None
         return expand_group_mask((~st["slab"]).to(dtype), p.shape, rule.estep)
 
+    def input_weight(self) -> Tensor | None:
+        """The input layer's weight: the first 2-D parameter under the ``"fc"`` rule (None if
+        none); ``rel_threshold`` applies to it alone, since only in a layer of many, mostly
+        useless groups is the median a noise floor."""
+        for g in self.param_groups:
+            for p in g["params"]:
+                if _rule(g["group"], p) is _FC:
+                    return p
+        return None
+
     # -- E-step and pruning ------------------------------------------------------------------
     @torch.no_grad()
     def em_step(self, groups: list[dict[str, Any]] | None = None) -> None:
@@ -291,13 +347,20 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
         decide, on the current weights. As in the spec, the next update zeroes what was pruned
         (``w <- (w + tau r) * hard_mask``) and keeps it zero."""
         self._init_states()
+        first = self.input_weight()
         for g in self.param_groups if groups is None else groups:
             for p in g["params"]:
                 rule = _rule(g["group"], p)
                 if rule is None:
                     continue
                 st = self.state[p]
-                st["slab"] = spike_slab_estep(p, rule.estep, g["soft_threshold"])
+                thr = g["soft_threshold"]
+                if p is first and g["rel_threshold"] > 0:  # the floor only rises: pruning the
+                    # noise groups must not lower the bar for the ones still decaying
+                    thr = max(st.get("threshold", 0.0), noise_floor_threshold(
+                        p, rule.estep, g["soft_threshold"], g["rel_threshold"]))
+                st["slab"] = spike_slab_estep(p, rule.estep, thr)
+                st["threshold"] = thr
                 st["any_spike"] = not bool(st["slab"].all())
                 cuts = [(grouping, hard_prune_groups(p, grouping, g["hard_threshold"], how))
                         for grouping, how in rule.prune]  # all decided on the same w

@@ -113,9 +113,11 @@ class SGHMCConfig:
     """Ke & Fan's SGHMC with spike-and-slab groups (optim.name=sghmc; bayescale.kefan).
     Settings left null take the preset's value (Ke & Fan)."""
 
-    preset: Literal["notebook", "fc_default", "cifar_script"] = _opt(
-        "notebook", "default set: notebook (SGHMC_SPL.md / notebooks), fc_default (FC/GNN "
-                    "constructor), cifar_script (CNN constructor + main_cifar T = 1/N)")
+    preset: Literal["robust", "notebook", "fc_default", "cifar_script"] = _opt(
+        "robust", "default set: robust (bayescale's: warm-up of one cycle, strong spike, "
+                  "E-step threshold relative to the input layer's noise floor, ramped "
+                  "restarts), notebook (SGHMC_SPL.md / notebooks), fc_default (FC/GNN "
+                  "constructor), cifar_script (CNN constructor + main_cifar T = 1/N)")
     temperature: float | Literal["1/N", "1/sqrt(N)", "untempered"] | None = _opt(
         None, "the update's T: a number, 1/N, 1/sqrt(N), or untempered (targets p(w|D))")
     eta: float | None = _opt(None, "step size of the preconditioner (rho) update")

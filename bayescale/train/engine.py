@@ -216,11 +216,13 @@ class _Trainer:
         if self.main and ckpt is not None:
             _note_resume(self.run_dir, ckpt_path, ckpt["step"])
         self.last_ckpt = (self.step, self.run_dir / "checkpoint.pt") if ckpt else None
+        kf_hp = resolve_hparams(cfg.sghmc.preset, cycles=cfg.sghmc.cycles) if sghmc else {}
         self.kefan = KF.KeFanTraining(
-            self.opt, self.base, self.base_lr,
-            resolve_hparams(cfg.sghmc.preset, cycles=cfg.sghmc.cycles)["cycles"],
+            self.opt, self.base, self.base_lr, kf_hp["cycles"],
             cfg.sghmc.samples_per_cycle, self.per_epoch, self.total, self.run_dir,
-            ckpt["step"] if ckpt else None) if sghmc else None
+            ckpt["step"] if ckpt else None, ramp=kf_hp.get("ramp", 0.0),
+            warm_up_cycles=kf_hp.get("warm_up_cycles") if cfg.sghmc.warm_up is None
+            else None) if sghmc else None
         if self.main and ckpt is None:
             (self.run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg),
                                                                      sort_keys=False))

@@ -66,11 +66,16 @@ def kl_weight_at(step: int, total_steps: int, weight: float = 1.0, schedule: str
                      "or blundell")
 
 
-def cyclical_cosine(step: int, total_steps: int, cycles: int, h0: float = 1.0) -> float:
+def cyclical_cosine(step: int, total_steps: int, cycles: int, h0: float = 1.0,
+                    ramp: float = 0.0) -> float:
     """Cyclical cosine step size (Zhang et al. 2019, cSG-MCMC; Ke & Fan) at 0-based
     ``step``: the run is cut into ``cycles`` equal cycles and each one decays
     ``h = h0 * (cos(pi * u) + 1) / 2`` from ``h0`` (u = 0) towards 0 (u -> 1), u being the position
     in the cycle, ``frac(step * cycles / total_steps)``.
+
+    With ``ramp`` > 0 the first ``ramp`` fraction of every cycle raises h linearly from 0 to h0
+    and the cosine decay fills the rest: a restart then climbs back to h0 instead of jumping
+    there from h ~ 0, which on ill-conditioned problems throws the chain out of its mode.
 
     This is the step-counted form of :func:`cyclical_cosine_kefan`; it drops that formula's two
     quirks (a float batch count ``N/B + 1`` and an epoch offset of one), so the last cycle ends at
@@ -78,7 +83,12 @@ def cyclical_cosine(step: int, total_steps: int, cycles: int, h0: float = 1.0) -
     """
     if cycles < 1 or total_steps < 1:
         raise ValueError(f"need cycles >= 1 and total_steps >= 1, got {cycles}, {total_steps}")
+    if not 0 <= ramp < 1:
+        raise ValueError(f"ramp is a fraction of each cycle in [0, 1), got {ramp}")
     u = (step * cycles / total_steps) % 1.0
+    if u < ramp:
+        return h0 * min(1.0, (u + 0.5 * cycles / total_steps) / ramp)  # mid-step: never 0
+    u = (u - ramp) / (1 - ramp)
     return h0 * 0.5 * (math.cos(math.pi * u) + 1.0)
 
 

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from ..kefan.optimizer import SGHMCSpikeSlab, layer_sparsity, sparsity
+from ..kefan.stability import support_report
 from . import distributed as D
 from .schedules import cycle_sample_steps, cyclical_cosine
 
@@ -130,9 +131,13 @@ class KeFanTraining:
 
     def __init__(self, opt: SGHMCSpikeSlab, model: nn.Module, h0: float, cycles: int,
                  samples_per_cycle: int, per_epoch: int, total: int, run_dir: Path,
-                 resume_step: int | None = None) -> None:
+                 resume_step: int | None = None, ramp: float = 0.0,
+                 warm_up_cycles: float | None = None) -> None:
         self.opt, self.model, self.h0, self.cycles = opt, model, h0, cycles
-        self.per_epoch, self.total = per_epoch, total
+        self.per_epoch, self.total, self.ramp = per_epoch, total, ramp
+        if warm_up_cycles is not None:  # the preset's warm-up: whole cycles of this run
+            for g in opt.param_groups:
+                g["warm_up"] = int(round(warm_up_cycles * total / per_epoch / cycles))
         self.collector = SampleCollector.for_cycles(
             total, cycles, samples_per_cycle, per_epoch, run_dir if D.is_main() else None)
         self.log = SparsityLog(run_dir / "sparsity.csv", D.is_main(), resume_step)
@@ -149,7 +154,7 @@ class KeFanTraining:
 
     def lr(self, step: int) -> float:
         """h at 0-based ``step`` (Ke & Fan, :func:`bayescale.train.schedules.cyclical_cosine`)."""
-        return cyclical_cosine(step, self.total, self.cycles, self.h0)
+        return cyclical_cosine(step, self.total, self.cycles, self.h0, self.ramp)
 
     def before_step(self, epoch: int, batch: int) -> None:
         """E-step and pruning at the first batch of every epoch past the warm-up (Ke & Fan)."""
@@ -171,9 +176,34 @@ class KeFanTraining:
             return {}
         res = {"bma_samples": len(self.collector.samples), "sample_steps": self.collector.taken,
                **evaluate(self.collector.modules(self.model))}
+        support = self.support()
+        if support is not None:
+            res["support"] = {k: v for k, v in support.items() if k != "inclusion_frequency"}
+            if D.is_main():
+                (self.log.path.parent / "support.json").write_text(json.dumps(support))
         if D.is_main():
             (self.log.path.parent / "bma.json").write_text(json.dumps(res, indent=2))
         return res
+
+
+    def support(self) -> dict[str, Any] | None:
+        """How stable the input layer's selected groups were over the samples taken after the
+        warm-up (:func:`bayescale.kefan.stability.support_report`; None without a grouped
+        input layer or such samples)."""
+        w = self.opt.input_weight()
+        name = next((n for n, p in self.model.named_parameters() if p is w), None)
+        if name is None:
+            return None
+        warm_up = next(g["warm_up"] for g in self.opt.param_groups
+                       if any(p is w for p in g["params"]))
+        after = [s[name] for s, step in zip(self.collector.samples, self.collector.taken,
+                                            strict=True)
+                 if name in s and step > (warm_up + 1) * self.per_epoch]
+        if not after:
+            return None
+        thr = self.opt.state.get(w, {}).get("threshold", self.opt.param_groups[0][
+            "soft_threshold"])
+        return {"param": name, **support_report(after, "in", thr)}
 
 
 @torch.no_grad()

@@ -2,11 +2,12 @@
 
 Sections: run config summary, training curve, evaluation metrics, reliability, uncertainty and
 OOD detection, MC draws per class, posterior convergence, pruning (``RUN/prune/*.csv`` as tables,
-``RUN/prune/*.png`` as figures, ``RUN/sparsity.csv``) and timing. Every figure is a PNG embedded
-as base64 (``<img src="data:image/png;base64,...">``); there are no scripts, style sheets or links
-outside the file, so it can be mailed or archived as is. Figures come from
-:mod:`bayescale.uncertainty.plots` (matplotlib); without matplotlib the report has the tables and
-says how to get the figures.
+``RUN/prune/*.png`` as figures, ``RUN/sparsity.csv``), the selected support of a Ke & Fan
+run (``RUN/support.json``: each input's inclusion frequency over the samples) and timing. Every
+figure is a PNG embedded as base64 (``<img src="data:image/png;base64,...">``); there are no
+scripts, style sheets or links outside the file, so it can be mailed or archived as is.
+Figures come from :mod:`bayescale.uncertainty.plots` (matplotlib); without matplotlib the report
+has the tables and says how to get the figures.
 
 The report is written to ``RUN/report.html``, or ``report-2.html``, ``report-3.html``, ... when
 that name is taken: an existing report is never overwritten.
@@ -220,6 +221,30 @@ def _prune_section(run_dir: Path) -> str:
     return "".join(parts)
 
 
+def _support_section(run_dir: Path) -> str:
+    """Ke & Fan runs: how stable the selected input groups were over the weight samples
+    (``RUN/support.json``, :func:`bayescale.kefan.stability.support_report`)."""
+    path = run_dir / "support.json"
+    if not path.is_file():
+        return ""
+    s = json.loads(path.read_text())
+    freq = s.get("inclusion_frequency", [])
+    verdict = ("stable: every group is kept in (nearly) all samples or (nearly) none"
+               if s.get("stable") else "UNSTABLE: the chain did not settle on one support; "
+               "do not trust this selection (train longer, or compare seeds)")
+    head = _kv([("verdict", verdict), ("weight", s.get("param")),
+                ("samples after the warm-up", s.get("samples")),
+                ("selected groups (frequency >= 1/2)", s.get("num_selected")),
+                (f"undecided groups (frequency in ({s.get('band')}, {1 - s.get('band', 0)}))",
+                 s.get("num_undecided")),
+                ("lowest frequency among the selected", s.get("min_selected_freq")),
+                ("highest frequency among the rest", s.get("max_rejected_freq")),
+                ("E-step threshold (mean w^2)", s.get("threshold"))])
+    shown = sorted((i for i, f in enumerate(freq) if f > 0), key=lambda i: -freq[i])[:50]
+    rows = [(i, freq[i], "selected" if freq[i] >= 0.5 else "rejected") for i in shown]
+    return head + (_table(("input group", "inclusion frequency", ""), rows) if rows else "")
+
+
 def _timing_section(run_dir: Path) -> str:
     path = run_dir / "timing.csv"
     if not path.is_file():
@@ -269,6 +294,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
                         "posterior", lambda f: plots.plot_posterior_convergence(run_dir, f),
                         "posterior convergence")),
                     ("Pruning", _prune_section(run_dir)),
+                    ("Selected support (Ke & Fan samples)", _support_section(run_dir)),
                     ("Timing", _timing_section(run_dir))]
     body = "".join(f"<h2>{_e(title)}</h2>{content}" for title, content in sections if content)
     if fig.missing:

@@ -156,7 +156,7 @@ def test_update_matches_the_spec_step_by_step(policy, shapes, temperature):
 
 
 def test_presets_and_validation():
-    assert set(PRESETS) == {"notebook", "fc_default", "cifar_script"}
+    assert set(PRESETS) == {"notebook", "fc_default", "cifar_script", "robust"}
     assert PRESETS["cifar_script"]["temperature"] == "1/N"
     assert PRESETS["fc_default"]["temperature"] == pytest.approx(1 / 50000)
     hp = resolve_hparams("notebook", eps1=1e-3, eta=None)
@@ -304,7 +304,8 @@ def test_hard_pruned_weights_stay_zero_through_steps_and_save_load(tmp_path):
 
 def test_estep_switches_weight_decay_and_is_reversible():
     p = nn.Parameter(torch.tensor([[1.0, 0.05], [1.0, 0.05]]))  # column 1: mean w^2 = 0.0025
-    opt = SGHMCSpikeSlab([p], 100, group="fc", soft_threshold=0.01, hard_threshold=0.0)
+    opt = SGHMCSpikeSlab([p], 100, preset="notebook", group="fc", soft_threshold=0.01,
+                         hard_threshold=0.0)
     opt.em_step()
     assert opt.spike_mask(p).tolist() == [[False, True], [False, True]]
     assert opt.hard_mask(p) is None
@@ -332,7 +333,7 @@ def test_cyclical_schedules():
 # ----------------------------------------------------------------- `bayescale train`
 RUN = ["data.name=synthetic", "data.size=400", "train.batch_size=32", "train.progress=false",
        "train.threads=1", "train.log_every=5", "optim.name=sghmc", "optim.lr=0.05",
-       "sghmc.warm_up=0", "sghmc.cycles=2", "sghmc.samples_per_cycle=2",
+       "sghmc.preset=notebook", "sghmc.warm_up=0", "sghmc.cycles=2", "sghmc.samples_per_cycle=2",
        "sghmc.soft_threshold=2.3e-3", "sghmc.hard_threshold=2e-3"]
 
 

@@ -44,3 +44,35 @@ def test_kl_schedules():
                for i in range(m)) / m == pytest.approx(1.0)
     with pytest.raises(ValueError, match="unknown KL schedule"):
         kl_weight_at(0, 10, 1.0, "exp")
+
+
+def test_cyclical_cosine_ramp_closed_form():
+    from bayescale.train.schedules import cyclical_cosine
+
+    total, cycles, h0, ramp = 100, 2, 0.4, 0.2  # 50 steps a cycle, the first 10 ramp up
+    half = 0.5 * cycles / total  # half a step in cycle units
+    for step in range(total):
+        u = (step % 50) / 50
+        want = (h0 * (u + half) / ramp if u < ramp
+                else h0 * 0.5 * (math.cos(math.pi * (u - ramp) / (1 - ramp)) + 1))
+        assert cyclical_cosine(step, total, cycles, h0, ramp) == pytest.approx(want)
+    assert cyclical_cosine(0, total, cycles, h0, ramp) == pytest.approx(h0 * 0.05)
+    assert cyclical_cosine(10, total, cycles, h0, ramp) == pytest.approx(h0)  # peak after ramp
+    assert cyclical_cosine(30, total, cycles, h0, ramp) == pytest.approx(h0 / 2)  # mid-decay
+    assert cyclical_cosine(50, total, cycles, h0, ramp) == pytest.approx(h0 * 0.05)  # restart
+    ramp_up = [cyclical_cosine(s, total, cycles, h0, ramp) for s in range(10)]
+    assert all(a < b for a, b in zip(ramp_up, ramp_up[1:], strict=False))
+    assert max(cyclical_cosine(s, 1000, 3, h0, 0.37) for s in range(1000)) <= h0
+
+
+def test_cyclical_cosine_ramp_zero_is_the_plain_schedule_and_bad_ramp_refused():
+    from bayescale.train.schedules import cyclical_cosine
+
+    for step in range(0, 60, 7):
+        u = (step * 4 / 60) % 1.0
+        want = 0.01 * 0.5 * (math.cos(math.pi * u) + 1)
+        assert cyclical_cosine(step, 60, 4, 0.01) == pytest.approx(want)
+        assert cyclical_cosine(step, 60, 4, 0.01, 0.0) == cyclical_cosine(step, 60, 4, 0.01)
+    for bad in (-0.1, 1.0, 1.5):
+        with pytest.raises(ValueError, match="ramp"):
+            cyclical_cosine(0, 60, 4, 0.01, bad)

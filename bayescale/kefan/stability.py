@@ -1,0 +1,86 @@
+"""How stable the selected support of a Ke & Fan run is, from its weight samples alone (pure
+functions, no ground truth needed).
+
+A group (an input column of a Linear weight, a filter, ...) is *included* in a weight sample when
+its mean square is at least the E-step threshold, i.e. the spike-and-slab E-step would put it
+under the slab. Over the samples the chain kept (3 per cycle), each group's *inclusion frequency*
+estimates its posterior inclusion probability; the selected model is the median-probability
+model (groups with frequency >= 1/2; Barbieri & Berger 2004). A support is *stable* when every
+group is included in (nearly) all samples or (nearly) none: a frequency strictly between is a
+group the chain could not decide on, the visible sign of a run not to trust.
+
+References:
+    Ke & Fan, "On the optimization and pruning for Bayesian deep learning", arXiv:2210.12957.
+    Barbieri & Berger, "Optimal predictive model selection", Annals of Statistics 32, 2004.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .groups import group_mean_square, noise_floor_threshold
+
+__all__ = ["inclusion_frequency", "support_stability", "support_report"]
+
+
+@torch.no_grad()
+def inclusion_frequency(weights: Sequence[Tensor], grouping: str, threshold: float,
+                        rel: float = 0.0) -> Tensor:
+    """Fraction of ``weights`` (samples of one weight tensor) in which each group's mean square
+    is ``>= threshold`` (a float tensor of one entry per group, in [0, 1]); with ``rel`` > 0 the
+    threshold of each sample is the E-step's relative one,
+    ``max(threshold, rel * median group mean square)`` (``noise_floor_threshold``).
+
+    Args:
+        weights: samples of one weight tensor, all of the same shape (at least one).
+        grouping: ``"in"``, ``"out"`` or ``"kernel"`` (:data:`bayescale.kefan.GROUPINGS`).
+        threshold: the E-step's ``soft_threshold`` (0 counts every non-zero group).
+        rel: the E-step's ``rel_threshold`` (0: a fixed threshold, Ke & Fan's rule).
+    """
+    if not weights:
+        raise ValueError("inclusion_frequency needs at least one weight sample")
+    if threshold < 0:
+        raise ValueError(f"threshold must be >= 0, got {threshold}")
+    hits = None
+    for w in weights:
+        w = w.detach().float()
+        ms = group_mean_square(w, grouping)
+        inc = (ms > 0) & (ms >= noise_floor_threshold(w, grouping, threshold, rel))
+        hits = inc.float() if hits is None else hits + inc.float()
+    return hits / len(weights)
+
+
+def support_stability(freq: Tensor, band: float = 0.1) -> dict[str, Any]:
+    """Summary of inclusion frequencies: the selected groups (frequency >= 1/2), the undecided
+    ones (frequency in ``(band, 1 - band)``) and a verdict.
+
+    Returns a dict with ``selected`` (group indices), ``num_selected``, ``undecided`` (indices),
+    ``num_undecided``, ``min_selected_freq`` (lowest frequency among the selected; 1 = every
+    sample agrees), ``max_rejected_freq`` (highest among the others) and ``stable`` (no undecided
+    group, and at least one selected: a run that kept nothing is no selection to trust).
+    """
+    if not 0 <= band < 0.5:
+        raise ValueError(f"band must be in [0, 0.5), got {band}")
+    sel = freq >= 0.5
+    undecided = (freq > band) & (freq < 1 - band)
+    return {"selected": torch.nonzero(sel).flatten().tolist(), "num_selected": int(sel.sum()),
+            "undecided": torch.nonzero(undecided).flatten().tolist(),
+            "num_undecided": int(undecided.sum()),
+            "min_selected_freq": float(freq[sel].min()) if sel.any() else None,
+            "max_rejected_freq": float(freq[~sel].max()) if (~sel).any() else None,
+            "stable": bool(sel.any()) and not bool(undecided.any())}
+
+
+def support_report(weights: Sequence[Tensor], grouping: str, threshold: float,
+                   band: float = 0.1) -> dict[str, Any]:
+    """:func:`support_stability` of the samples' :func:`inclusion_frequency`, with the
+    frequencies themselves (``inclusion_frequency``, a list) and ``samples``/``threshold``:
+    the record a run writes so its user sees how stable the selected support was."""
+    freq = inclusion_frequency(weights, grouping, threshold)
+    return {"samples": len(weights), "grouping": grouping, "threshold": float(threshold),
+            "band": band, **support_stability(freq, band),
+            "inclusion_frequency": [round(float(f), 4) for f in freq]}

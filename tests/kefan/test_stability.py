@@ -1,0 +1,62 @@
+"""Inclusion frequencies and support stability (bayescale.kefan.stability) on hand-built weight
+samples whose answers are known in closed form."""
+
+import pytest
+import torch
+
+from bayescale.kefan.stability import inclusion_frequency, support_stability
+
+
+def _samples():
+    """Four samples of a [3, 4] Linear weight (groups "in" = its 4 columns): column 0 always
+    has mean square 1, column 1 in samples 0 and 2 only, column 2 never (all zeros), column 3
+    exactly at the threshold 0.25 in sample 1 and 0.01 elsewhere."""
+    out = []
+    for s in range(4):
+        w = torch.zeros(3, 4)
+        w[:, 0] = 1.0
+        w[:, 1] = 2.0 if s in (0, 2) else 0.0
+        w[:, 3] = 0.5 if s == 1 else 0.1
+        out.append(w)
+    return out
+
+
+def test_inclusion_frequency_closed_form():
+    freq = inclusion_frequency(_samples(), "in", 0.25)
+    assert freq.tolist() == pytest.approx([1.0, 0.5, 0.0, 0.25])
+    # threshold 0 counts every non-zero group: column 3 is non-zero in every sample
+    assert inclusion_frequency(_samples(), "in", 0.0).tolist() == pytest.approx([1, .5, 0, 1])
+    # grouping "out": rows 0..2 have mean squares (1 + 4 [+0.25 or 0.01]) / 4 or (1 + x) / 4
+    rows = inclusion_frequency(_samples(), "out", 1.0)
+    assert rows.tolist() == pytest.approx([0.5, 0.5, 0.5])  # only the samples with column 1
+
+
+def test_inclusion_frequency_matches_a_naive_loop():
+    g = torch.Generator().manual_seed(0)
+    ws = [torch.randn(5, 7, generator=g) * torch.rand(1, 7, generator=g) for _ in range(6)]
+    thr = 0.2
+    want = [sum(float((w[:, j] ** 2).mean()) >= thr for w in ws) / len(ws) for j in range(7)]
+    assert inclusion_frequency(ws, "in", thr).tolist() == pytest.approx(want)
+
+
+def test_support_stability_summary():
+    s = support_stability(torch.tensor([1.0, 0.5, 0.0, 0.25]))
+    assert s["selected"] == [0, 1] and s["num_selected"] == 2
+    assert s["undecided"] == [1, 3] and s["num_undecided"] == 2
+    assert s["min_selected_freq"] == 0.5 and s["max_rejected_freq"] == 0.25
+    assert s["stable"] is False
+    clean = support_stability(torch.tensor([1.0, 0.95, 0.0, 0.05]))
+    assert clean["stable"] is True and clean["selected"] == [0, 1] and clean["undecided"] == []
+    assert support_stability(torch.tensor([1.0, 0.0]), band=0.0)["stable"] is True
+    assert support_stability(torch.tensor([1.0, 0.95]), band=0.0)["undecided"] == [1]
+    empty = support_stability(torch.zeros(3))
+    assert empty["min_selected_freq"] is None and empty["stable"] is False  # nothing kept
+
+
+def test_bad_inputs_name_the_fix():
+    with pytest.raises(ValueError, match="at least one"):
+        inclusion_frequency([], "in", 0.1)
+    with pytest.raises(ValueError, match="threshold"):
+        inclusion_frequency(_samples(), "in", -1.0)
+    with pytest.raises(ValueError, match="band"):
+        support_stability(torch.ones(2), band=0.5)
