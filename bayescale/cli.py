@@ -254,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run", metavar="RUN_OR_CHECKPOINT", help="run directory or a .pt file in one")
     e.add_argument("--samples", type=_samples, default="auto", help=_SAMPLES_HELP)
     e.add_argument("--tol", type=float, default=None, help="--samples auto: stop when the "
-                   "mean MC standard error of the predictive probabilities is below this (1e-3)")
+                   "mean MC standard error of the predictive probabilities is below this (5e-3)")
     e.add_argument("--max-samples", type=int, default=300, help="--samples auto: at most this "
                    "many draws (300)")
     e.add_argument("--ood", metavar="DATASET", help="out-of-distribution data set (e.g. "

@@ -199,7 +199,7 @@ def evaluate_run(run: str | Path | Run, num_samples: int | str = "auto", *,
         run: a run directory, a ``model.pt``/``checkpoint.pt`` in one, or a loaded :class:`Run`.
         num_samples: weight draws T (one pass for a deterministic network), or ``"auto"``
             (default): draw in rounds until the MC standard error of the predictive
-            probabilities is below ``tol`` (default 1e-3), at most ``max_samples``; the T used
+            probabilities is below ``tol`` (default 5e-3), at most ``max_samples``; the T used
             is ``metrics["num_samples"]`` and the OOD set gets the same T.
         ood: an out-of-distribution data set name (e.g. ``"fashion-mnist-small"``) or a
             .npy/.npz/.pt file of inputs; its test split is used.

@@ -46,7 +46,7 @@ def run_pipeline(*, config: str = "quickstart", overrides: Sequence[str] = (),
         overrides: dotted config overrides, e.g. ``["optim.lr=3e-3"]``.
         epochs: training epochs (default: the config's).
         num_samples: MC weight draws T of the evaluation, or ``"auto"`` (default): draw until
-            the predictive has converged (MC standard error below 1e-3, at most 300 draws).
+            the predictive has converged (MC standard error below 5e-3, at most 300 draws).
         ood: the out-of-distribution data set (None: skip OOD detection).
         out_dir: parent of the run directory (a new one is made per run).
         seed: training seed (``train.seed``); the MC draws use seed 0.

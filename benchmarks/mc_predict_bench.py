@@ -26,6 +26,9 @@ growth (VmHWM after a reset, minus RSS before) of one mc_predict call.
 
     flock /tmp/bayescale-bench.lock python benchmarks/mc_predict_bench.py \\
         --out benchmarks/results/mc_predict.json
+
+``python benchmarks/mc_predict_bench.py batched --data-root ../shared/data`` runs the batched
+and adaptive draws against the loop instead (:mod:`mc_batched`; its own lock per block).
 """
 
 from __future__ import annotations
@@ -204,6 +207,11 @@ def measure_memory(args) -> list[dict]:
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["batched"]:  # batched and adaptive draws against the loop
+        from mc_batched import main as batched_main
+
+        batched_main(sys.argv[2:])
+        return
     if "--memory-child" in sys.argv:
         i = sys.argv.index("--memory-child")
         arch, bs, t, n, threads = sys.argv[i + 1 : i + 6]

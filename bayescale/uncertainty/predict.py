@@ -253,7 +253,7 @@ class MCInfo:
     converged: bool | None = None
 
 
-DEFAULT_TOL = {"classification": 1e-3, "regression": 0.05}
+DEFAULT_TOL = {"classification": 5e-3, "regression": 0.05}
 ADAPTIVE_ROUND = 10  # draws between two convergence checks (at least K)
 
 
@@ -313,8 +313,8 @@ def mc_predict(
             state, unless the forward itself draws random numbers (dropout).
         memory_budget: bytes for the K stacked weight draws under ``"auto"`` (default 256 MiB).
         tol: the ``"auto"`` stopping level. Classification: the mean over inputs of the largest
-            per-class standard error of the MC mean probability (default 1e-3). Regression: the
-            mean over inputs of the standard error of the MC predictive mean divided by the
+            per-class standard error of the MC mean probability (default 5e-3; on MNIST the
+            predictive NLL is then within 1% of 300 draws). Regression: the mean over inputs of the standard error of the MC predictive mean divided by the
             predictive sd (default 0.05).
         min_samples, max_samples: the bounds on T under ``num_samples="auto"``.
         posterior: a weight posterior held outside the model (e.g.

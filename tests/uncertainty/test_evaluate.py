@@ -334,7 +334,7 @@ def test_evaluate_by_default_draws_until_the_predictive_converges(evaluated, tmp
     m = evaluate_run(run_dir, ood=str(shifted), progress=False, max_samples=60)
     mc = m["mc"]
     assert mc["requested"] == "auto" and 20 <= m["num_samples"] <= 60 + mc["draws_per_pass"]
-    assert mc["converged"] == (mc["standard_error"] <= 1e-3)
+    assert mc["converged"] == (mc["standard_error"] <= 5e-3)
     assert mc["converged"] or m["num_samples"] == 60
     p = load_predictions(run_dir)
     assert p["sample_accuracy"].shape == (m["num_samples"],) == (int(p["num_samples"]),)
