@@ -7,12 +7,19 @@ Same architectures as benchmarks/layer_overhead.py ((a) MLP, (b) conv net, (c) V
 synthetic batch, same process, A/B interleaved medians; every ratio is against the plain PyTorch
 model timed in the same rounds.
 
-* train step (batch 128, Adam; IVON is its own optimizer on the plain model, one MC sample per
-  step): forward + loss (+ KL) + backward + update;
+* train step (batch 128, Adam; IVON, ivon-opt's and bayescale's, is its own optimizer on the plain
+  model, one MC sample per step): forward + loss (+ KL) + backward + update;
 * MC prediction, T samples over 1,024 inputs in batches of 1,024: bayescale ``mc_predict`` (one
   weight draw per sample, whatever the estimator), bayesian-torch's layers called T times (their
-  forward draws noise anew; Flipout keeps its per-example perturbation), IVON's
-  ``sampled_params`` T times.
+  forward draws noise anew; Flipout keeps its per-example perturbation), ivon-opt's
+  ``sampled_params`` T times, bayescale's IVON through ``mc_predict(..., posterior=opt)``.
+
+IVON side by side with ivon-opt, train steps only (``benchmarks/results/ivon_steps.json``):
+
+    python benchmarks/peers_bench.py --kinds train_step --only 'bayescale ivon' ivon-opt \
+        --rounds 12 --out benchmarks/results/ivon_steps.json
+
+Each timed block holds the shared lock /tmp/bayescale-bench.lock.
 
 Writes benchmarks/results/peers.json with provenance and the package versions.
 """
@@ -20,8 +27,11 @@ Writes benchmarks/results/peers.json with provenance and the package versions.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import importlib.metadata as md
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -34,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from layer_overhead import ARCHS, MALLOC_ENV, _reexec_with_malloc_env  # noqa: E402
 
 N_TRAIN = 60000
+LOCK = "/tmp/bayescale-bench.lock"  # shared with the other timing jobs, held per timed block
 
 
 def _peers():
@@ -91,7 +102,16 @@ def train_steps(build, x, y) -> dict:
             iv_opt.zero_grad(set_to_none=True)
             F.cross_entropy(iv_model(x), y).backward()
         iv_opt.step()
-    fns["ivon"] = ivon_step
+    fns["ivon-opt"] = ivon_step
+    bv_model = build()
+    bv_opt = bayescale.IVON(bv_model.parameters(), lr=0.1, ess=N_TRAIN)
+
+    def bayescale_ivon_step():
+        bv_opt.zero_grad(set_to_none=True)
+        with bv_opt.sampled_params(train=True):
+            F.cross_entropy(bv_model(x), y).backward()
+        bv_opt.step()
+    fns["bayescale ivon"] = bayescale_ivon_step
     return fns
 
 
@@ -124,8 +144,29 @@ def mc_fns(build, x, samples: int) -> dict:
         for _ in range(samples):
             with iv_opt.sampled_params():
                 torch.softmax(iv_model(x), -1)
-    fns["ivon"] = ivon_mc
+    fns["ivon-opt"] = ivon_mc
+    bv_model = build().eval()
+    bv_opt = bayescale.IVON(bv_model.parameters(), lr=0.1, ess=N_TRAIN)
+    fns["bayescale ivon"] = lambda: bayescale.mc_predict(bv_model, x, samples, batch_size=len(x),
+                                                        posterior=bv_opt)
     return fns
+
+
+@contextlib.contextmanager
+def bench_lock() -> Iterator[None]:
+    """Hold the shared benchmark lock (exclusive ``flock``) for one timed block."""
+    with open(LOCK, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _timed(fns: dict, only: list[str] | None, **kw) -> dict:
+    fns = {k: v for k, v in fns.items() if only is None or k in only}
+    with bench_lock():
+        return time_interleaved(fns, **kw)
 
 
 def main() -> None:
@@ -136,8 +177,15 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--rounds", type=int, default=8)
     p.add_argument("--samples", type=int, default=20, help="MC samples T")
+    p.add_argument("--kinds", nargs="+", default=["train_step", "mc_predict"],
+                   choices=["train_step", "mc_predict"], help="what to time (both)")
+    p.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                   help="time only these entries (with 'plain', the baseline), e.g. plain "
+                        "'bayescale ivon' ivon-opt")
     p.add_argument("--out", default=str(results_path("peers.json")))
     a = p.parse_args()
+    if a.only is not None and "plain" not in a.only:
+        a.only = ["plain", *a.only]
     _peers()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -145,19 +193,23 @@ def main() -> None:
     for arch in a.archs:
         build, shape = ARCHS[arch]
         x, y = torch.randn(128, *shape), torch.randint(0, 10, (128,))
-        t = time_interleaved(train_steps(build, x, y), warmup=3, rounds=a.rounds,
-                             steps_per_round=5)
-        xm = torch.randn(1024, *shape)
-        m = time_interleaved(mc_fns(build, xm, a.samples), warmup=1, rounds=max(3, a.rounds // 2),
-                             steps_per_round=1)
-        base_t, base_m = summary(t["plain"])["median_s"], summary(m["plain"])["median_s"]
-        results[arch] = {
-            "train_step": {k: {"median_s": summary(v)["median_s"],
-                               "ratio": summary(v)["median_s"] / base_t} for k, v in t.items()},
-            "mc_predict": {k: {"median_s": summary(v)["median_s"],
-                               "ratio": summary(v)["median_s"] / base_m} for k, v in m.items()},
-        }
-        for kind in ("train_step", "mc_predict"):
+        results[arch] = {}
+        if "train_step" in a.kinds:
+            t = _timed(train_steps(build, x, y), a.only, warmup=3, rounds=a.rounds,
+                       steps_per_round=5)
+            base_t = summary(t["plain"])["median_s"]
+            results[arch]["train_step"] = {
+                k: {"median_s": summary(v)["median_s"], "ratio": summary(v)["median_s"] / base_t}
+                for k, v in t.items()}
+        if "mc_predict" in a.kinds:
+            xm = torch.randn(1024, *shape)
+            m = _timed(mc_fns(build, xm, a.samples), a.only, warmup=1,
+                       rounds=max(3, a.rounds // 2), steps_per_round=1)
+            base_m = summary(m["plain"])["median_s"]
+            results[arch]["mc_predict"] = {
+                k: {"median_s": summary(v)["median_s"], "ratio": summary(v)["median_s"] / base_m}
+                for k, v in m.items()}
+        for kind in results[arch]:
             print(arch, kind, {k: round(v["ratio"], 2) for k, v in results[arch][kind].items()},
                   flush=True)
     versions = {pkg: md.version(pkg) for pkg in ("bayesian-torch", "ivon-opt")}

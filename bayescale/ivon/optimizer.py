@@ -94,12 +94,11 @@ def _buckets(params: list[Tensor]) -> list[list[Tensor]]:
     return list(out.values())
 
 
-def _precision(hess: list[Tensor], ess: float, wd: float) -> list[Tensor]:
-    """1/σ = sqrt(λ (h + δ)) per tensor (Algorithm 1, line 9)."""
-    prec = torch._foreach_add(hess, wd)
-    torch._foreach_mul_(prec, ess)
-    torch._foreach_sqrt_(prec)
-    return prec
+def _sigma(hess_plus_wd: list[Tensor], ess: float) -> list[Tensor]:
+    """σ = 1/sqrt(λ (h + δ)) per tensor, from h + δ (Algorithm 1, line 9)."""
+    sigma = torch._foreach_mul(hess_plus_wd, ess)
+    torch._foreach_rsqrt_(sigma)
+    return sigma
 
 
 def _hess_update(hess: list[Tensor], hess_hat: list[Tensor], beta2: float, wd: float) -> None:
@@ -111,14 +110,14 @@ def _hess_update(hess: list[Tensor], hess_hat: list[Tensor], beta2: float, wd: f
     torch._foreach_add_(hess, corr, alpha=0.5 * (1.0 - beta2) ** 2)
 
 
-def _mean_step(means: list[Tensor], mom: list[Tensor], hess: list[Tensor], steps: list[int],
-               group: dict[str, Any]) -> None:
+def _mean_step(means: list[Tensor], mom: list[Tensor], hess_plus_wd: list[Tensor],
+               steps: list[int], group: dict[str, Any]) -> None:
     """m ← m - α clip((g/(1-β1^t) + δ m)/(h + δ), ξ), in place (Algorithm 1, lines 7-8)."""
     wd, clip = group["weight_decay"], group["clip_radius"]
     upd = torch._foreach_div(mom, [1.0 - group["beta1"] ** t for t in steps])
     if wd:
         torch._foreach_add_(upd, means, alpha=wd)
-    torch._foreach_div_(upd, torch._foreach_add(hess, wd))
+    torch._foreach_div_(upd, hess_plus_wd)
     if clip is not None:
         torch._foreach_clamp_min_(upd, -clip)
         torch._foreach_clamp_max_(upd, clip)
@@ -180,6 +179,8 @@ class IVON(torch.optim.Optimizer):
         self._inside = False
         self._num_draws = 0  # closed sampled_params(train=True) blocks since the last step
         self._hess_hat: dict[Tensor, Tensor] = {}
+        # σ per parameter, computed once per step (with the h, λ and δ it was computed from)
+        self._sigma_cache: dict[Tensor, tuple[Tensor, int, float, float, Tensor]] = {}
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         """Validate the group's hyperparameters (with the defaults filled in), then add it."""
@@ -238,36 +239,56 @@ class IVON(torch.optim.Optimizer):
                     self._num_draws += 1
             self._inside = False
 
-    def _draw(self, bucket: list[Tensor], group: dict[str, Any], train: bool
-              ) -> tuple[list[Tensor], list[Tensor], list[Tensor], list[Tensor | None]]:
+    def _sigmas(self, bucket: list[Tensor], group: dict[str, Any]) -> list[Tensor]:
+        """σ of a bucket: the one the last step computed, unless h, λ or δ changed since."""
+        ess, wd = group["ess"], group["weight_decay"]
         hess = [self._state(p, group)["hess"] for p in bucket]
-        inv_sigma = _precision(hess, group["ess"], group["weight_decay"])
+        cached = [self._sigma_cache.get(p) for p in bucket]
+        if all(c is not None and c[0] is h and c[1] == h._version and c[2] == ess and c[3] == wd
+               for c, h in zip(cached, hess, strict=True)):
+            return [c[4] for c in cached]  # type: ignore[index]
+        return self._cache_sigmas(bucket, hess, torch._foreach_add(hess, wd), ess, wd)
+
+    def _cache_sigmas(self, bucket: list[Tensor], hess: list[Tensor],
+                      hess_plus_wd: list[Tensor], ess: float, wd: float) -> list[Tensor]:
+        sigma = _sigma(hess_plus_wd, ess)
+        for p, h, s in zip(bucket, hess, sigma, strict=True):
+            self._sigma_cache[p] = (h, h._version, ess, wd, s)
+        return sigma
+
+    def _draw(self, bucket: list[Tensor], group: dict[str, Any], train: bool
+              ) -> tuple[list[Tensor], list[Tensor], tuple[list[Tensor], list[Tensor]],
+                         list[Tensor | None]]:
+        sigma = self._sigmas(bucket, group)
         eps = self._noise(bucket)
         means = [p.detach().clone() for p in bucket]
-        noise = torch._foreach_mul(eps, inv_sigma) if train else []  # ε/σ, for ĥ
-        torch._foreach_div_(eps, inv_sigma)  # σ ε
         if bucket[0].dtype in _LOW:
-            for p, d in zip(bucket, eps, strict=True):
-                p.copy_(p.float() + d)
+            for p, e, s in zip(bucket, eps, sigma, strict=True):
+                p.copy_(torch.addcmul(p.float(), e, s))
         else:
-            torch._foreach_add_(bucket, eps)
+            torch._foreach_addcmul_(bucket, eps, sigma)  # θ = m + σ ε, one pass
         grad0 = [p.grad.detach().clone() if train and p.grad is not None else None
                  for p in bucket]
-        return bucket, means, noise, grad0
+        return bucket, means, (eps, sigma), grad0
 
-    def _record(self, bucket: list[Tensor], noise: list[Tensor], grad0: list[Tensor | None]
-                ) -> None:
+    def _record(self, bucket: list[Tensor], noise: tuple[list[Tensor], list[Tensor]],
+                grad0: list[Tensor | None]) -> None:
         """ĥ += (gradient of this block) · ε/σ (Algorithm 1, line 4)."""
-        for p, e, g0 in zip(bucket, noise, grad0, strict=True):
-            if p.grad is None:
-                continue
-            g = p.grad if g0 is None else p.grad - g0
-            g = g.to(e.dtype)
-            acc = self._hess_hat.get(p)
+        keep = [i for i, p in enumerate(bucket) if p.grad is not None]
+        if not keep:
+            return
+        eps, sigma = noise
+        grads = [bucket[i].grad if grad0[i] is None else bucket[i].grad - grad0[i]
+                 for i in keep]
+        grads = [g.to(eps[0].dtype) for g in grads]
+        hat = torch._foreach_mul(grads, [eps[i] for i in keep])
+        torch._foreach_div_(hat, [sigma[i] for i in keep])
+        for i, h in zip(keep, hat, strict=True):
+            acc = self._hess_hat.get(bucket[i])
             if acc is None:
-                self._hess_hat[p] = g * e
+                self._hess_hat[bucket[i]] = h
             else:
-                acc.addcmul_(g, e)
+                acc.add_(h)
 
     # -- the update ---------------------------------------------------------------------------
     def _closure_draws(self, closure: Callable[[], Tensor]) -> Tensor:
@@ -337,9 +358,12 @@ class IVON(torch.optim.Optimizer):
         _hess_update(hess, [self._hess_hat[p] for p in bucket], group["beta2"],
                      group["weight_decay"])
         means = [p.float() for p in bucket] if low else bucket
-        _mean_step(means, mom, hess, [s["step"] for s in sts], group)
+        hess_plus_wd = torch._foreach_add(hess, group["weight_decay"])
+        _mean_step(means, mom, hess_plus_wd, [s["step"] for s in sts], group)
         if low:
             torch._foreach_copy_(bucket, means)
+        # σ of the next draw, from the h + δ just computed (saves the draw three passes)
+        self._cache_sigmas(bucket, hess, hess_plus_wd, group["ess"], group["weight_decay"])
 
     def _all_reduce_hess_hat(self) -> None:
         if not (dist.is_available() and dist.is_initialized()):
@@ -392,4 +416,5 @@ class IVON(torch.optim.Optimizer):
                     self.state[p][key] = saved[i][key].to(p.device, _state_dtype(p)).clone()
                 self.state[p]["step"] = int(saved[i]["step"])
         self._hess_hat.clear()
+        self._sigma_cache.clear()
         self._num_draws = 0
