@@ -211,12 +211,13 @@ def uncertainty_study(d: dict) -> str:
 
 
 def uncertainty_study_fc(d: dict) -> str:
-    return _table(_STUDY_HEADER, _study_rows(d.get("fc", {}).get("methods", {}))) + _stamp(d)
+    rows = _study_rows(d.get("fc", {}).get("methods", {}))
+    return _table(_STUDY_HEADER, rows) + _stamp(d) if rows else "(not measured yet)"
 
 
 def uncertainty_study_targets(d: dict) -> str:
     rows = [[k, _met(v)] for k, v in d.get("targets", {}).items()]
-    return _table(["target (`bnn` against `deterministic`)", "met"], rows or [["—", "—"]])
+    return _table(["target", "met"], rows) if rows else "(not measured yet)"
 
 
 def _kf_rows(name: str, p: dict) -> list[list[str]]:
