@@ -25,7 +25,7 @@ from bayescale.kefan.optimizer import (
     schedule_hparams,
     sparsity,
 )
-from bayescale.kefan.stability import inclusion_frequency, support_stability
+from bayescale.kefan.stability import inclusion_frequency, pruned_signal, support_stability
 from bayescale.train.schedules import cycle_sample_steps, cyclical_cosine
 
 Truth = Callable[[np.ndarray], np.ndarray]
@@ -138,7 +138,7 @@ def _predict(prob: Problem, nets: list[nn.Module], x: torch.Tensor) -> torch.Ten
 def fit_kefan(prob: Problem, seed: int, preset: str, epochs: int, cycles: int | None = None,
               h0: float | None = None, batch: int = 1024, per_cycle: int = 3,
               log: Callable[[str], None] = print, trace_every: int = 0,
-              **overrides: object) -> dict:
+              after_factor: float | None = None, **overrides: object) -> dict:
     """One Ke & Fan run with ``preset`` (its schedule - cycles, h0, ramp, warm-up - unless
     given); samples ``per_cycle`` epochs apart at each cycle end, BMA over the last cycle's
     samples (the ones with the final support), inclusion frequencies of the input columns over
@@ -146,10 +146,11 @@ def fit_kefan(prob: Problem, seed: int, preset: str, epochs: int, cycles: int | 
     hp = resolve_hparams(preset, **overrides)
     sched = schedule_hparams(hp, epochs, h0, prob.loss)
     cycles = cycles or sched["cycles"]
-    if overrides.get("warm_up") is None:
+    if overrides.get("warm_up") is None:  # the preset's (with cycles possibly overridden)
         overrides["warm_up"] = (int(round(hp["warm_up_cycles"] * epochs / cycles))
                                 if hp.get("warm_up_cycles") is not None else hp["warm_up"])
     h0, ramp = sched["h0"], sched["ramp"]
+    after = after_factor if after_factor is not None else sched["after_factor"]
     xtr, ytr, xte, yte = prob.data(seed)
     n, nb = len(ytr), math.ceil(len(ytr) / batch)
     torch.manual_seed(seed)
@@ -169,7 +170,8 @@ def fit_kefan(prob: Problem, seed: int, preset: str, epochs: int, cycles: int | 
         live, xlive = _live_inputs(opt, first, xtr)
         for b in range(nb):
             idx = perm[b * batch:(b + 1) * batch]
-            opt.param_groups[0]["lr"] = cyclical_cosine(step, total, cycles, h0, ramp)
+            opt.param_groups[0]["lr"] = cyclical_cosine(step, total, cycles, h0, ramp) * (
+                after if epoch > overrides["warm_up"] else 1.0)
             opt.zero_grad()
             if live is None:
                 out = net(xtr[idx])
@@ -203,8 +205,17 @@ def fit_kefan(prob: Problem, seed: int, preset: str, epochs: int, cycles: int | 
     thr = opt.state[first].get("threshold", g0["soft_threshold"])  # the last E-step's
     freq = inclusion_frequency(after or [first.detach()], "in", thr)
     stab = support_stability(freq)
+    keep = opt.state[first].get("keep_in")
+    if keep is not None:  # the score test of the pruned inputs, one pass over the training set
+        net.zero_grad()
+        loss_fn(net(xtr), ytr).backward()
+        stab["score_test"] = pruned_signal(first.grad, keep)
+        stab["score_test"]["pruned_with_signal"] = stab["score_test"]["pruned_with_signal"][:20]
+        stab["stable"] = stab["stable"] and not stab["score_test"]["pruned_with_signal"]
+        net.zero_grad()
     log(f"    support: {stab['num_selected']} inputs in >= 1/2 of {len(after)} samples, "
-        f"{stab['num_undecided']} undecided, stable={stab['stable']}")
+        f"{stab['num_undecided']} undecided, pruned inputs with signal "
+        f"{stab.get('score_test', {}).get('pruned_with_signal')}, stable={stab['stable']}")
     return {"seed": seed, "metric": metric(prob, _predict(prob, nets, xte), yte),
             "metric_last": metric(prob, _predict(prob, [net.eval()], xte), yte),
             "exact_support": set(selected) == true, "selected": selected,
@@ -213,6 +224,7 @@ def fit_kefan(prob: Problem, seed: int, preset: str, epochs: int, cycles: int | 
             "pruned_epoch": {str(j): pruned_epoch.get(j) for j in sorted(true)},
             "stability": stab, "epochs": epochs, "steps": total, "seconds": seconds,
             "preset": preset, "samples": len(samples), "h0": h0, "cycles": cycles, "ramp": ramp,
+            "after_factor": after,
             "warm_up": warm_up, "inclusion_frequency_true": [round(float(freq[j]), 3)
                                                             for j in prob.true_inputs],
             **({"trace": trace} if trace else {})}

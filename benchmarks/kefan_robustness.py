@@ -91,7 +91,10 @@ def assemble(records: list[dict], problems: list[str], preset: str, compare: lis
         prob = PROBLEMS[name]
 
         def pick(method: str, name: str = name) -> list[dict]:
-            return sorted((r for r in records if r["problem"] == name and r["method"] == method),
+            base = method in ("oracle", "lasso")  # Ke & Fan runs: this budget and settings
+            return sorted((r for r in records if r["problem"] == name and r["method"] == method
+                           and (base or (r.get("epochs_cfg") == config["epochs"]
+                                         and r.get("hp") == hp_tag(method)))),
                           key=lambda r: r["seed"])
 
         oracle_runs = pick("oracle")
@@ -112,7 +115,7 @@ def assemble(records: list[dict], problems: list[str], preset: str, compare: lis
 
 def run_study(problems: list[str], seeds: list[int], preset: str, compare: list[str],
               epochs: int, out_path: Path, oracle_epochs: int = 300,
-              budget: str = "") -> dict[str, Any]:
+              budget: str = "", lock: bool = True) -> dict[str, Any]:
     """Run (or resume) the study and write ``out_path``; returns the result. First the oracle,
     the L1 baseline and ``preset`` on every problem and seed, then the ``compare`` presets, each
     with its own schedule (cycles, h0, ramp, warm-up) over the same ``epochs``."""
@@ -135,8 +138,11 @@ def run_study(problems: list[str], seeds: list[int], preset: str, compare: list[
             continue
         print(f"[{name} seed {seed}] {method}", flush=True)
         # the Ke & Fan runs are the timed ones (their seconds are the cost reported); the
-        # baselines' seconds are indicative only, so they run outside the shared lock
-        with bench_lock() if not base else contextlib.nullcontext():
+        # baselines' seconds are indicative only, so they run outside the shared lock; with
+        # lock=False nothing is timed (seconds = wall time on a shared machine) and
+        # time_runs() re-times one seed per problem under the lock
+        timed = lock and not base
+        with bench_lock() if timed else contextlib.nullcontext():
             if method == "oracle":
                 res = fit_oracle(prob, seed, oracle_epochs)
             elif method == "lasso":
@@ -144,7 +150,7 @@ def run_study(problems: list[str], seeds: list[int], preset: str, compare: list[
             else:
                 res = fit_kefan(prob, seed, method, epochs, log=lambda s: print(s, flush=True),
                                 trace_every=max(1, epochs // 8))
-        rec.update(res, timed_under_lock=not base)
+        rec.update(res, timed_under_lock=timed)
         with partial.open("a") as fh:
             fh.write(json.dumps(rec) + "\n")
         records.append(rec)
@@ -153,6 +159,32 @@ def run_study(problems: list[str], seeds: list[int], preset: str, compare: list[
         write_json(out_path, assemble(records, problems, preset, compare, config))
     result = assemble(records, problems, preset, compare, config)
     write_json(out_path, result)
+    return result
+
+
+def time_runs(problems: list[str], seed: int, preset: str, epochs: int,
+              out_path: Path) -> dict[str, Any]:
+    """Re-run ``preset`` on ``seed`` of each problem under the shared lock (the timed cost)
+    and check it reproduces the study's run (same selection and metric: the runs are
+    deterministic); the result JSON gains ``timing``."""
+    result = json.loads(out_path.read_text())
+    timing = result.setdefault("timing", {})
+    for name in problems:
+        if name in timing:
+            continue
+        print(f"[timing {name} seed {seed}] {preset}", flush=True)
+        with bench_lock():
+            res = fit_kefan(PROBLEMS[name], seed, preset, epochs, log=lambda s: None)
+        study = next((r for r in result["problems"].get(name, {}).get("runs", [])
+                      if r["seed"] == seed), None)
+        timing[name] = {"seed": seed, "epochs": res["epochs"], "steps": res["steps"],
+                        "seconds": res["seconds"], "ms_per_step": 1e3 * res["seconds"]
+                        / res["steps"], "reproduces_study_run": study is not None
+                        and study["selected"] == res["selected"]
+                        and abs(study["metric"] - res["metric"]) < 1e-6}
+        print(f"  -> {res['seconds']:.1f} s, reproduces: "
+              f"{timing[name]['reproduces_study_run']}", flush=True)
+        write_json(out_path, result)
     return result
 
 
@@ -184,3 +216,43 @@ def table(result: dict[str, Any]) -> str:
                         f"{s.get('median_seconds', 0):.0f} | {s.get('epochs', '-')} | "
                         f"{s.get('flagged_unstable', '-')} |")
     return "\n".join(rows)
+
+
+def figure(result: dict[str, Any], path: Path) -> Path:
+    """Two panels per problem type: the share of seeds with the exact support, and the median
+    metric against the oracle's (MSE ratio; accuracy difference in points for BCE)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    probs = result["problems"]
+    names = list(probs)
+    first = probs[names[0]]
+    methods = [first["preset"], *first["compare"], "lasso"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.8))
+    width = 0.8 / len(methods)
+    for k, m in enumerate(methods):
+        rates, rel = [], []
+        for n in names:
+            p = probs[n]
+            s = (p["summary"] if m == p["preset"] else p["lasso"]["summary"] if m == "lasso"
+                 else p["compare"][m]["summary"])
+            rates.append(s.get("exact_support_rate", float("nan")) if s else float("nan"))
+            rel.append(s.get("metric_vs_oracle", 1 + s.get("accuracy_minus_oracle_pts", 0)
+                              / -100) if s else float("nan"))
+        xs = [i + (k - (len(methods) - 1) / 2) * width for i in range(len(names))]
+        a.bar(xs, rates, width, label=m)
+        b.bar(xs, rel, width, label=m)
+    a.axhline(0.9, color="k", lw=0.8, ls="--")
+    b.axhline(1.15, color="k", lw=0.8, ls="--")
+    for ax, title in ((a, "exact support (share of seeds; target 0.9)"),
+                      (b, "median metric / oracle (BCE: 1 + points below the oracle / 100)")):
+        ax.set_xticks(range(len(names)), names, rotation=20, fontsize=8)
+        ax.set_title(title, fontsize=9)
+    a.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

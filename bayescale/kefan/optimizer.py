@@ -104,11 +104,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "robust": dict(betas=(0.1, 1.0), eps1=2e-4, eps0=1.0, soft_threshold=1e-3,
                    rel_threshold=10.0, hard_threshold=1e-3, warm_up=50,
                    temperature="1/sqrt(N)", eta=0.1, group="fc", cycles=4, h0=0.05, h0_bce=0.3,
-                   ramp=0.1, warm_up_cycles=1.0),
+                   ramp=0.1, warm_up_cycles=1.0, after_factor=4.0),
 }
 DEFAULT_PRESET = "robust"
 # preset keys that belong to the training schedule, not to the optimizer
-SCHEDULE_KEYS = ("cycles", "h0", "h0_bce", "ramp", "warm_up_cycles")
+SCHEDULE_KEYS = ("cycles", "h0", "h0_bce", "ramp", "warm_up_cycles", "after_factor")
 
 
 def untempered_temperature(num_train: int, lr: float, betas: tuple[float, float] = (0.1, 1.0),
@@ -142,9 +142,11 @@ def schedule_hparams(hp: dict[str, Any], epochs: int, h0: float | None = None,
     ``cycles``, ``h0`` (the argument, else the preset's - ``h0_bce`` for ``loss="bce"``, whose
     curvature in the logit is at most 1/4 against 2 for a mean squared error - else 0.01 as
     the notebooks), ``ramp``
-    (0 unless the preset sets one) and ``warm_up`` in epochs: ``warm_up_cycles`` cycles'
-    worth of epochs when the preset sets that (``"robust"``: the whole first cycle), else its
-    fixed ``warm_up``."""
+    (0 unless the preset sets one), ``warm_up`` in epochs: ``warm_up_cycles`` cycles' worth of
+    epochs when the preset sets that (``"robust"``: the whole first cycle), else its fixed
+    ``warm_up``; and ``after_factor``, the factor on h in the epochs after the warm-up (1 unless
+    the preset sets one: once the input layer is down to the selected inputs, the stiff
+    direction that the correlated inputs gave it is gone and a larger step is stable)."""
     if epochs < 1:
         raise ValueError(f"epochs must be >= 1, got {epochs}")
     cycles = int(hp["cycles"])
@@ -153,7 +155,8 @@ def schedule_hparams(hp: dict[str, Any], epochs: int, h0: float | None = None,
     if h0 is None:
         h0 = hp.get("h0_bce", hp.get("h0")) if loss == "bce" else hp.get("h0")
     return {"cycles": cycles, "h0": float(h0 if h0 is not None else 0.01),
-            "ramp": float(hp.get("ramp", 0.0)), "warm_up": warm_up}
+            "ramp": float(hp.get("ramp", 0.0)), "warm_up": warm_up,
+            "after_factor": float(hp.get("after_factor", 1.0))}
 
 
 @dataclass(frozen=True)

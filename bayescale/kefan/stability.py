@@ -24,7 +24,7 @@ from torch import Tensor
 
 from .groups import group_mean_square, noise_floor_threshold
 
-__all__ = ["inclusion_frequency", "support_stability", "support_report"]
+__all__ = ["inclusion_frequency", "support_stability", "support_report", "pruned_signal"]
 
 
 @torch.no_grad()
@@ -84,3 +84,31 @@ def support_report(weights: Sequence[Tensor], grouping: str, threshold: float,
     return {"samples": len(weights), "grouping": grouping, "threshold": float(threshold),
             "band": band, **support_stability(freq, band),
             "inclusion_frequency": [round(float(f), 4) for f in freq]}
+
+
+@torch.no_grad()
+def pruned_signal(grad: Tensor, kept: Tensor, rel: float = 5.0) -> dict[str, Any]:
+    """A score test for the groups pruned for good (Rao's score test: the loss gradient at the
+    constrained point w_g = 0). ``grad`` is the gradient of the training loss with respect to
+    one weight (all of the training set, at the final weights), ``kept`` the boolean mask of
+    its kept ``"in"`` groups (columns). The pruned columns' gradients share a common part (the
+    inputs are correlated), so each column is scored by its distance to their elementwise
+    median, in units of the median distance; a pruned column ``rel`` times further out than
+    the typical one still has signal the run threw away (an input pruned too early).
+
+    Returns ``pruned_with_signal`` (column indices, most deviant first), ``max_ratio`` (the
+    largest distance ratio; ~2 for pure noise columns) and ``num_pruned``.
+    """
+    if grad.dim() != 2 or kept.shape != (grad.shape[1],):
+        raise ValueError(f"need a [out, in] gradient and one kept flag per column, got "
+                         f"{tuple(grad.shape)} and {tuple(kept.shape)}")
+    idx = torch.nonzero(~kept).flatten()
+    if len(idx) < 3:
+        return {"pruned_with_signal": [], "max_ratio": None, "num_pruned": len(idx)}
+    g = grad[:, idx].double()
+    dist = (g - g.median(dim=1, keepdim=True).values).norm(dim=0)
+    ratio = dist / dist.median().clamp_min(torch.finfo(torch.float64).tiny)
+    order = torch.argsort(ratio, descending=True)
+    flagged = [int(idx[i]) for i in order if ratio[i] >= rel]
+    return {"pruned_with_signal": flagged, "max_ratio": float(ratio.max()),
+            "num_pruned": len(idx)}

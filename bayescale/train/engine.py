@@ -221,6 +221,7 @@ class _Trainer:
             self.opt, self.base, self.base_lr, kf_hp["cycles"],
             cfg.sghmc.samples_per_cycle, self.per_epoch, self.total, self.run_dir,
             ckpt["step"] if ckpt else None, ramp=kf_hp.get("ramp", 0.0),
+            after_factor=kf_hp.get("after_factor", 1.0),
             warm_up_cycles=kf_hp.get("warm_up_cycles") if cfg.sghmc.warm_up is None
             else None) if sghmc else None
         if self.main and ckpt is None:

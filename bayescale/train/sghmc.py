@@ -132,9 +132,10 @@ class KeFanTraining:
     def __init__(self, opt: SGHMCSpikeSlab, model: nn.Module, h0: float, cycles: int,
                  samples_per_cycle: int, per_epoch: int, total: int, run_dir: Path,
                  resume_step: int | None = None, ramp: float = 0.0,
-                 warm_up_cycles: float | None = None) -> None:
+                 warm_up_cycles: float | None = None, after_factor: float = 1.0) -> None:
         self.opt, self.model, self.h0, self.cycles = opt, model, h0, cycles
         self.per_epoch, self.total, self.ramp = per_epoch, total, ramp
+        self.after_factor = after_factor
         if warm_up_cycles is not None:  # the preset's warm-up: whole cycles of this run
             for g in opt.param_groups:
                 g["warm_up"] = int(round(warm_up_cycles * total / per_epoch / cycles))
@@ -154,7 +155,9 @@ class KeFanTraining:
 
     def lr(self, step: int) -> float:
         """h at 0-based ``step`` (Ke & Fan, :func:`bayescale.train.schedules.cyclical_cosine`)."""
-        return cyclical_cosine(step, self.total, self.cycles, self.h0, self.ramp)
+        h = cyclical_cosine(step, self.total, self.cycles, self.h0, self.ramp)
+        warm_up = self.opt.param_groups[0]["warm_up"]  # E-step from epoch warm_up + 1 (0-based)
+        return h * self.after_factor if step >= (warm_up + 1) * self.per_epoch else h
 
     def before_step(self, epoch: int, batch: int) -> None:
         """E-step and pruning at the first batch of every epoch past the warm-up (Ke & Fan)."""

@@ -16,7 +16,7 @@ from bayescale.kefan.optimizer import (
 
 # every key in which "robust" departs from "notebook" (docs/kefan.md lists the same)
 DOCUMENTED = {"eps0", "soft_threshold", "rel_threshold", "cycles", "h0", "h0_bce", "ramp",
-              "warm_up_cycles"}
+              "warm_up_cycles", "after_factor"}
 
 
 def test_robust_is_the_default_and_notebook_keeps_the_authors_values():
@@ -41,12 +41,13 @@ def test_robust_differs_from_notebook_only_where_documented():
 
 def test_schedule_hparams():
     rb = schedule_hparams(resolve_hparams("robust"), 400)
-    assert rb == {"cycles": 4, "h0": 0.05, "ramp": 0.1, "warm_up": 100}  # one cycle of warm-up
+    assert rb == {"cycles": 4, "h0": 0.05, "ramp": 0.1, "warm_up": 100,  # one cycle of warm-up
+                  "after_factor": 4.0}
     assert schedule_hparams(resolve_hparams("robust"), 400, loss="bce")["h0"] == 0.3
     assert schedule_hparams(resolve_hparams("robust"), 90)["warm_up"] == 22  # round(90 / 4)
     assert schedule_hparams(resolve_hparams("robust"), 400, h0=0.2, loss="bce")["h0"] == 0.2
     nb = schedule_hparams(resolve_hparams("notebook"), 3000)
-    assert nb == {"cycles": 6, "h0": 0.01, "ramp": 0.0, "warm_up": 50}
+    assert nb == {"cycles": 6, "h0": 0.01, "ramp": 0.0, "warm_up": 50, "after_factor": 1.0}
     with pytest.raises(ValueError, match="epochs"):
         schedule_hparams(resolve_hparams("robust"), 0)
 

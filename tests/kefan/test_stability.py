@@ -60,3 +60,31 @@ def test_bad_inputs_name_the_fix():
         inclusion_frequency(_samples(), "in", -1.0)
     with pytest.raises(ValueError, match="band"):
         support_stability(torch.ones(2), band=0.5)
+
+
+def test_pruned_signal_score_test():
+    from bayescale.kefan.stability import pruned_signal
+
+    # 12 input columns of a [3, 12] weight's gradient: all share the common part (1, 1, 1);
+    # the pruned noise columns differ from it by 0.1 along one axis (+-e1, +-e2, +-e3 in turn),
+    # pruned column 7 by 2 along e1, kept column 0 by 5 (kept columns are not tested)
+    g = torch.ones(3, 12)
+    axes = [(0, 1), (0, -1), (1, 1), (1, -1), (2, 1), (2, -1)]
+    for j in range(12):
+        a, sgn = axes[j % 6]
+        g[a, j] += 0.1 * sgn
+    g[0, 7] = 3.0
+    g[1, 0] = 6.0
+    kept = torch.zeros(12, dtype=torch.bool)
+    kept[0] = True
+    out = pruned_signal(g, kept)
+    # elementwise median over the pruned columns is (1, 1, 1) (ties of +-0.1 around it; torch
+    # takes the lower middle value: 1 - 0.1 or 1), so noise distances are 0.1 to 0.2 and
+    # column 7's is ~2: ratio >= 10
+    assert out["pruned_with_signal"] == [7] and out["num_pruned"] == 11
+    assert out["max_ratio"] >= 10
+    g[0, 7] = 1.1  # no deviant pruned column left
+    assert pruned_signal(g, kept)["pruned_with_signal"] == []
+    assert pruned_signal(g, torch.ones(12, dtype=torch.bool))["max_ratio"] is None
+    with pytest.raises(ValueError, match="column"):
+        pruned_signal(g, kept[:5])

@@ -1,6 +1,7 @@
 """A `bayescale train` run with the default Ke & Fan preset records how stable its selected
 support was (RUN/support.json) and the HTML report shows it, a failing one marked UNSTABLE."""
 
+import csv
 import json
 
 import torch
@@ -28,6 +29,9 @@ def test_default_preset_run_writes_support_and_report_shows_it(tmp_path):
     assert s["num_selected"] == sum(f >= 0.5 for f in freq)
     assert s["num_undecided"] == sum(0.1 < f < 0.9 for f in freq)
     assert res["bma_eval"]["support"]["num_selected"] == s["num_selected"]
+    with open(run / "train.csv") as fh:
+        lrs = [float(r["lr"]) for r in csv.DictReader(fh)]
+    assert 1.5 * 0.05 < max(lrs) <= 4 * 0.05 + 1e-12  # h0 x after_factor (4) at most
     html = write_report(run).read_text()
     assert "Selected support (Ke &amp; Fan samples)" in html
     # the same run with an undecided support: the report says so without any ground truth
