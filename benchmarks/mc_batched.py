@@ -88,7 +88,8 @@ def _model(name: str, args: argparse.Namespace) -> tuple[torch.nn.Module, torch.
 
     config, data, n, _, epochs = CASES[name]
     run_dir = Path(args.models_dir) / f"{name}-e{epochs}"
-    overrides = [f"data.root={args.data_root}", f"train.epochs={max(epochs, 1)}",
+    root = args.cifar_root if data == "cifar10" and args.cifar_root else args.data_root
+    overrides = [f"data.root={root}", f"train.epochs={max(epochs, 1)}",
                  f"output.dir={run_dir.parent}", f"output.name={run_dir.name}",
                  "train.progress=false", f"train.threads={args.threads}",
                  "output.tensorboard=false"]
@@ -173,9 +174,47 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
+def quickstart_eval(args: argparse.Namespace) -> dict[str, Any]:
+    """The quickstart's evaluation step (``bayescale quickstart``: BNN_conv_flip, 3 epochs on
+    mnist-small, fashion-mnist-small as OOD set) with the old fixed T = 100 and with the new
+    default ``"auto"``, on one trained run, in one process (order: fixed, auto, fixed, auto)."""
+    from bayescale.evaluate import evaluate_run
+    from bayescale.train.config import load_config
+    from bayescale.train.engine import train
+
+    run_dir = Path(args.models_dir) / "quickstart"
+    if not (run_dir / "model.pt").is_file():
+        with bench_lock():
+            train(load_config("quickstart", [f"output.dir={run_dir.parent}", "output.name="
+                                             "quickstart", "train.progress=false",
+                                             f"train.threads={args.threads}"]))
+    torch.set_num_threads(args.threads)
+    sides: dict[str, list[dict[str, Any]]] = {"fixed_T100": [], "auto": []}
+    with bench_lock():
+        for _ in range(args.rounds):
+            for side, t in (("fixed_T100", 100), ("auto", "auto")):
+                w0 = time.perf_counter()
+                m = evaluate_run(run_dir, t, ood="fashion-mnist-small", progress=False,
+                                 out_dir=Path(args.models_dir) / f"qs-eval-{side}")
+                sides[side].append({"wall_s": time.perf_counter() - w0,
+                                    "mc_inference_s": m["mc_inference_s"]
+                                    + m["ood"]["mc_inference_s"],
+                                    "num_samples": m["num_samples"], "accuracy": m["accuracy"],
+                                    "nll": m["nll"], "ece": m["ece"],
+                                    "ood_auroc_mi": m["ood"]["mutual_information"]["auroc"]})
+                print(f"quickstart eval {side:10s} T={m['num_samples']:3d} "
+                      f"{sides[side][-1]['wall_s']:6.1f} s  NLL {m['nll']:.4f}", flush=True)
+    med = {s: summary([c["wall_s"] for c in v])["median_s"] for s, v in sides.items()}
+    return {"name": "quickstart_eval", "model": "BNN_conv_flip", "data": "mnist-small",
+            "sides": {s: {"median_s": med[s], "calls": v} for s, v in sides.items()},
+            "speedup": med["fixed_T100"] / med["auto"]}
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-root", required=True, help="folder with mnist/ and cifar10/")
+    p.add_argument("--cifar-root", help="root of cifar10/cifar-10-batches-bin (default: "
+                   "--data-root; write it with ../shared/data/cifar10/make_cifar10_bin.py)")
     p.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--models-dir", default="/tmp/bayescale-mc-models")
     p.add_argument("--batch-size", type=int, default=1000)
@@ -183,6 +222,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--plain-reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quickstart", action="store_true",
+                   help="instead: the quickstart's evaluation, fixed T = 100 against auto")
     p.add_argument("--out", default=str(results_path("mc_predict.json")))
     args = p.parse_args(argv)
     if any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):  # glibc reads it at start
@@ -190,6 +231,12 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     old = json.loads(out.read_text()) if out.is_file() else {"benchmark": "mc_predict"}
+    if args.quickstart:
+        old["quickstart_eval"] = quickstart_eval(args)
+        old["quickstart_eval"]["provenance"] = provenance(config=vars(args))
+        write_json(out, old)
+        print(f"wrote {out}")
+        return
     rows = [r for r in old.get("batched", []) if r["model"] not in args.models]
     for name in args.models:
         rows.append(bench_model(name, args))

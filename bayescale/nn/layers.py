@@ -271,12 +271,30 @@ class BayesianLayer(nn.Module):
             return self._forward_flipout(x, mu, sigma)
         return self._forward_local(x, mu, sigma)
 
+    def _cached(self, eps_w: Tensor, make):
+        """``make()`` (the sampled weights of the fixed noise ``eps_w``), computed once per draw
+        while no gradient is taken and no parameter or mask changed: the input chunks of an MC
+        pass then share one weight draw instead of recomputing mu + sigma * eps per chunk."""
+        if torch.is_grad_enabled():
+            return make()
+        key = tuple(t._version for t in (*self.parameters(recurse=False), *self.buffers(False)))
+        cache = getattr(self, "_sample_cache", None)
+        if cache is not None and cache[0] is eps_w and cache[1] == key:
+            return cache[2]
+        out = make()
+        self._sample_cache = (eps_w, key, out)
+        return out
+
     def _forward_fixed(self, x: Tensor) -> Tensor:
         eps_w, eps_b = self._fixed_eps
-        weight = torch.addcmul(self.weight_mu, self.weight_sigma, eps_w)
-        bias = self._bias_mean()
-        if eps_b is not None:
-            bias = torch.addcmul(self.bias_mu, self.bias_sigma, eps_b)
+
+        def make() -> tuple[Tensor, Tensor | None]:
+            bias = self._bias_mean()
+            if eps_b is not None:
+                bias = torch.addcmul(self.bias_mu, self.bias_sigma, eps_b)
+            return torch.addcmul(self.weight_mu, self.weight_sigma, eps_w), bias
+
+        weight, bias = self._cached(eps_w, make)
         return self._op(x, weight, bias)
 
     def _forward_draws(self, x: Tensor) -> Tensor:
@@ -292,15 +310,19 @@ class BayesianLayer(nn.Module):
         if x.dim() < 2 or (x.shape[0] % k and not shared):
             raise ValueError(f"{type(self).__name__}: {k} weight draws per forward need a batch "
                              f"of K * B rows, got input {tuple(x.shape)}")
-        mu, sigma = self.weight_mu, self.weight_sigma
-        if self._masked:
-            mu, sigma = mu * self.weight_mask, sigma * self.weight_mask
-        weight = torch.addcmul(mu, sigma, eps_w)  # (K, *weight_shape)
-        bias = self._bias_mean()
-        if eps_b is not None:
-            bias = torch.addcmul(self.bias_mu, self.bias_sigma, eps_b)  # (K, out)
-        elif bias is not None:
-            bias = bias.expand(k, *bias.shape)
+
+        def make() -> tuple[Tensor, Tensor | None]:
+            mu, sigma = self.weight_mu, self.weight_sigma
+            if self._masked:
+                mu, sigma = mu * self.weight_mask, sigma * self.weight_mask
+            bias = self._bias_mean()
+            if eps_b is not None:
+                bias = torch.addcmul(self.bias_mu, self.bias_sigma, eps_b)  # (K, out)
+            elif bias is not None:
+                bias = bias.expand(k, *bias.shape)
+            return torch.addcmul(mu, sigma, eps_w), bias  # (K, *weight_shape)
+
+        weight, bias = self._cached(eps_w, make)
         if shared:  # the model's own B input rows, not yet split by draw: one wide op
             return self._op_shared(x, weight, bias)
         return self._op_draws(x, weight, bias)

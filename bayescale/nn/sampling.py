@@ -42,6 +42,7 @@ def _switch(layers: list[BayesianLayer], mode: str, eps: list | None) -> Iterato
     finally:
         for layer, (mode_, e) in zip(layers, saved, strict=True):
             layer._mode, layer._fixed_eps = mode_, e
+            layer._sample_cache = None  # the draw's weights (no-grad reuse) go with the draw
 
 
 @contextmanager
