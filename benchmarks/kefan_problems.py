@@ -29,6 +29,7 @@ from bayescale.kefan.stability import inclusion_frequency, pruned_signal, suppor
 from bayescale.train.schedules import cycle_sample_steps, cyclical_cosine
 
 Truth = Callable[[np.ndarray], np.ndarray]
+SCORE_REL = 8.0  # the score test's cut (pruned_signal): noise columns reach 3-5
 
 
 def _ex1(x: np.ndarray) -> np.ndarray:
@@ -150,7 +151,7 @@ def fit_kefan(prob: Problem, seed: int, preset: str, epochs: int, cycles: int | 
         overrides["warm_up"] = (int(round(hp["warm_up_cycles"] * epochs / cycles))
                                 if hp.get("warm_up_cycles") is not None else hp["warm_up"])
     h0, ramp = sched["h0"], sched["ramp"]
-    after = after_factor if after_factor is not None else sched["after_factor"]
+    boost = after_factor if after_factor is not None else sched["after_factor"]
     xtr, ytr, xte, yte = prob.data(seed)
     n, nb = len(ytr), math.ceil(len(ytr) / batch)
     torch.manual_seed(seed)
@@ -171,7 +172,7 @@ def fit_kefan(prob: Problem, seed: int, preset: str, epochs: int, cycles: int | 
         for b in range(nb):
             idx = perm[b * batch:(b + 1) * batch]
             opt.param_groups[0]["lr"] = cyclical_cosine(step, total, cycles, h0, ramp) * (
-                after if epoch > overrides["warm_up"] else 1.0)
+                boost if epoch > overrides["warm_up"] else 1.0)
             opt.zero_grad()
             if live is None:
                 out = net(xtr[idx])
@@ -209,7 +210,7 @@ def fit_kefan(prob: Problem, seed: int, preset: str, epochs: int, cycles: int | 
     if keep is not None:  # the score test of the pruned inputs, one pass over the training set
         net.zero_grad()
         loss_fn(net(xtr), ytr).backward()
-        stab["score_test"] = pruned_signal(first.grad, keep)
+        stab["score_test"] = pruned_signal(first.grad, keep, SCORE_REL)
         stab["score_test"]["pruned_with_signal"] = stab["score_test"]["pruned_with_signal"][:20]
         stab["stable"] = stab["stable"] and not stab["score_test"]["pruned_with_signal"]
         net.zero_grad()
@@ -224,7 +225,7 @@ def fit_kefan(prob: Problem, seed: int, preset: str, epochs: int, cycles: int | 
             "pruned_epoch": {str(j): pruned_epoch.get(j) for j in sorted(true)},
             "stability": stab, "epochs": epochs, "steps": total, "seconds": seconds,
             "preset": preset, "samples": len(samples), "h0": h0, "cycles": cycles, "ramp": ramp,
-            "after_factor": after,
+            "after_factor": boost,
             "warm_up": warm_up, "inclusion_frequency_true": [round(float(freq[j]), 3)
                                                             for j in prob.true_inputs],
             **({"trace": trace} if trace else {})}

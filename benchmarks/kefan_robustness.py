@@ -6,7 +6,8 @@ result, keyed by (problem, method, seed, epochs, a hash of the preset's settings
 skips what is there. Each Ke & Fan run holds the shared benchmark lock
 (``/tmp/bayescale-bench.lock``) for its own duration only, so other timing jobs interleave; the
 baselines run outside it (their seconds are indicative). The result JSON is rewritten after
-every run.
+every run. Several workers may run the same command at once: each claims a run (a
+``.kefan_robustness.partial.<hash>.claim`` file with its pid) before starting it.
 """
 
 from __future__ import annotations
@@ -15,13 +16,14 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import os
 import statistics
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kefan_problems import PROBLEMS, Problem, fit_kefan, fit_lasso, fit_oracle
+from kefan_problems import PROBLEMS, SCORE_REL, Problem, fit_kefan, fit_lasso, fit_oracle
 
 from bayescale.kefan.optimizer import resolve_hparams
 from bayescale.scale.bench import provenance, write_json
@@ -52,15 +54,52 @@ def hp_tag(method: str) -> str | None:
     return hashlib.sha1(blob.encode()).hexdigest()[:8]
 
 
+def _claim_path(partial: Path, rec: dict[str, Any]) -> Path:
+    tag = hashlib.sha1(json.dumps(_key(rec), default=str).encode()).hexdigest()[:12]
+    return partial.with_name(f".{partial.stem}.{tag}.claim")
+
+
+def _claim(partial: Path, rec: dict[str, Any]) -> bool:
+    """Claim a run for this process (a file holding its pid), so that several workers can
+    share one plan; a claim whose process is gone is taken over."""
+    path = _claim_path(partial, rec)
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                os.kill(int(path.read_text() or 0), 0)
+                return False  # a live worker has it
+            except (ProcessLookupError, ValueError):
+                path.unlink(missing_ok=True)
+                continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return True
+    return False
+
+
 def _read(partial: Path) -> list[dict[str, Any]]:
     if not partial.is_file():
         return []
     return [json.loads(ln) for ln in partial.read_text().splitlines() if ln.strip()]
 
 
+def verdict(r: dict[str, Any]) -> bool:
+    """A run's stability verdict from its record, with the score test at ``SCORE_REL``: no
+    undecided input, at least one selected, no pruned input with signal."""
+    st = r["stability"]
+    ratio = st.get("score_test", {}).get("max_ratio")
+    return (st["num_undecided"] == 0 and st["num_selected"] > 0
+            and (ratio is None or ratio < SCORE_REL))
+
+
 def _summary(prob: Problem, runs: list[dict], oracle: float | None) -> dict[str, Any]:
     if not runs:
         return {}
+    for r in runs:
+        if "stability" in r:
+            r["stability"]["stable"] = verdict(r)
     m = statistics.median(r["metric"] for r in runs)
     out = {"seeds": len(runs), "exact_support_rate": sum(r["exact_support"] for r in runs)
            / len(runs), "median_metric": m}
@@ -134,7 +173,9 @@ def run_study(problems: list[str], seeds: list[int], preset: str, compare: list[
         base = method in ("oracle", "lasso")
         rec = {"problem": name, "method": method, "seed": seed,
                "epochs_cfg": None if base else epochs, "hp": hp_tag(method)}
-        if _key(rec) in done:
+        records = _read(partial)  # another worker on the same plan may have added runs
+        done = {_key(r) for r in records}
+        if _key(rec) in done or not _claim(partial, rec):
             continue
         print(f"[{name} seed {seed}] {method}", flush=True)
         # the Ke & Fan runs are the timed ones (their seconds are the cost reported); the
@@ -153,8 +194,8 @@ def run_study(problems: list[str], seeds: list[int], preset: str, compare: list[
         rec.update(res, timed_under_lock=timed)
         with partial.open("a") as fh:
             fh.write(json.dumps(rec) + "\n")
-        records.append(rec)
-        done.add(_key(rec))
+        _claim_path(partial, rec).unlink(missing_ok=True)
+        records = _read(partial)
         _print(rec)
         write_json(out_path, assemble(records, problems, preset, compare, config))
     result = assemble(records, problems, preset, compare, config)

@@ -87,7 +87,7 @@ def support_report(weights: Sequence[Tensor], grouping: str, threshold: float,
 
 
 @torch.no_grad()
-def pruned_signal(grad: Tensor, kept: Tensor, rel: float = 5.0) -> dict[str, Any]:
+def pruned_signal(grad: Tensor, kept: Tensor, rel: float = 8.0) -> dict[str, Any]:
     """A score test for the groups pruned for good (Rao's score test: the loss gradient at the
     constrained point w_g = 0). ``grad`` is the gradient of the training loss with respect to
     one weight (all of the training set, at the final weights), ``kept`` the boolean mask of
@@ -97,7 +97,8 @@ def pruned_signal(grad: Tensor, kept: Tensor, rel: float = 5.0) -> dict[str, Any
     the typical one still has signal the run threw away (an input pruned too early).
 
     Returns ``pruned_with_signal`` (column indices, most deviant first), ``max_ratio`` (the
-    largest distance ratio; ~2 for pure noise columns) and ``num_pruned``.
+    largest distance ratio; 3-5 over ~1000 pure noise columns in the robustness study, 80 for
+    true inputs pruned in a run stopped early) and ``num_pruned``.
     """
     if grad.dim() != 2 or kept.shape != (grad.shape[1],):
         raise ValueError(f"need a [out, in] gradient and one kept flag per column, got "

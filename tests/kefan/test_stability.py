@@ -77,14 +77,15 @@ def test_pruned_signal_score_test():
     g[1, 0] = 6.0
     kept = torch.zeros(12, dtype=torch.bool)
     kept[0] = True
-    out = pruned_signal(g, kept)
+    out = pruned_signal(g, kept, rel=5.0)
     # elementwise median over the pruned columns is (1, 1, 1) (ties of +-0.1 around it; torch
     # takes the lower middle value: 1 - 0.1 or 1), so noise distances are 0.1 to 0.2 and
     # column 7's is ~2: ratio >= 10
     assert out["pruned_with_signal"] == [7] and out["num_pruned"] == 11
     assert out["max_ratio"] >= 10
     g[0, 7] = 1.1  # no deviant pruned column left
-    assert pruned_signal(g, kept)["pruned_with_signal"] == []
+    assert pruned_signal(g, kept, rel=5.0)["pruned_with_signal"] == []
+    assert pruned_signal(g, kept)["pruned_with_signal"] == []  # default cut 8
     assert pruned_signal(g, torch.ones(12, dtype=torch.bool))["max_ratio"] is None
     with pytest.raises(ValueError, match="column"):
         pruned_signal(g, kept[:5])
