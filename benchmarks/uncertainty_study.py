@@ -223,8 +223,9 @@ def plan(dataset: str, methods: list[str], seeds: list[int] | None) -> list[tupl
 
 def run_study(args: argparse.Namespace) -> Path:
     torch.set_num_threads(args.threads)
-    global WORK
+    global WORK, LOCK
     WORK = Path(args.work_dir) if args.work_dir else WORK
+    LOCK = Path(args.lock)
     log = results_path(f"uncertainty_study_{args.dataset}.partial.jsonl")
     log.parent.mkdir(parents=True, exist_ok=True)
     data = load_data(args.dataset, args.data_root)
@@ -284,6 +285,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batch-size", type=int, default=1000, help="inference batch (1000)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1)")
     ap.add_argument("--train-only", action="store_true", help="train, do not evaluate")
+    ap.add_argument("--lock", default=str(LOCK),
+                    help="the shared benchmark lock held by each training and timed inference")
     ap.add_argument("--work-dir", default=None,
                     help="where the trainings go (default bench_out/uncertainty_study)")
     args = ap.parse_args(argv)
