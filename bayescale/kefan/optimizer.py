@@ -103,7 +103,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # step size that climbs back at each restart (docs/kefan.md, the robustness study)
     "robust": dict(betas=(0.1, 1.0), eps1=2e-4, eps0=1.0, soft_threshold=1e-3,
                    rel_threshold=10.0, hard_threshold=1e-3, warm_up=50,
-                   temperature="1/sqrt(N)", eta=0.1, group="fc", cycles=4, h0=0.05, h0_bce=0.3,
+                   temperature="1/sqrt(N)", eta=0.1, group="fc", cycles=4, h0=0.03, h0_bce=0.3,
                    ramp=0.1, warm_up_cycles=1.0, after_factor=4.0),
 }
 DEFAULT_PRESET = "robust"
@@ -202,8 +202,10 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
         rel_threshold: if > 0, the input layer's E-step threshold is
             ``max(soft_threshold, rel_threshold * median group mean w^2)``
             (:func:`bayescale.kefan.groups.noise_floor_threshold`), never lowered from one
-            E-step to the next (kept as ``state[p]["threshold"]``); the input layer is the first
-            2-D weight under an ``"fc"``/``"cnn_fc"`` rule, in parameter order. 0: off.
+            E-step to the next (kept as ``state[p]["threshold"]``), with hysteresis: after the
+            first E-step a group already under the slab stays there until its mean w^2 falls
+            below ``soft_threshold``; the input layer is the first 2-D weight under an
+            ``"fc"``/``"cnn_fc"`` rule, in parameter order. 0: off.
         hard_threshold: pruning threshold (mean w^2, or range for conv weights).
         warm_up: ``step(epoch=e, batch=0)`` runs the E-step and pruning when ``e > warm_up``.
         group: spike-and-slab group policy, one of ``GROUP_POLICIES``.
@@ -362,7 +364,15 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
                     # noise groups must not lower the bar for the ones still decaying
                     thr = max(st.get("threshold", 0.0), noise_floor_threshold(
                         p, rule.estep, g["soft_threshold"], g["rel_threshold"]))
-                st["slab"] = spike_slab_estep(p, rule.estep, thr)
+                    # hysteresis: a group the slab holds already stays there until it falls
+                    # below soft_threshold; one under the spike must clear thr to come back
+                    slab = spike_slab_estep(p, rule.estep, thr)
+                    if "threshold" in st:
+                        slab |= st["slab"] & spike_slab_estep(p, rule.estep,
+                                                              g["soft_threshold"])
+                    st["slab"] = slab
+                else:
+                    st["slab"] = spike_slab_estep(p, rule.estep, thr)
                 st["threshold"] = thr
                 st["any_spike"] = not bool(st["slab"].all())
                 cuts = [(grouping, hard_prune_groups(p, grouping, g["hard_threshold"], how))
