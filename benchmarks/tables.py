@@ -300,53 +300,10 @@ def kefan_robustness_headline(d: dict) -> str:
     nbs = (f" (`notebook`: {sum(r['exact_support'] for r in nb)} of {len(nb)})" if nb else "")
     return (f"Ke & Fan selection over {len(probs)} problem types: preset `{pre}` keeps exactly "
             f"the true inputs in {sum(r['exact_support'] for r in runs)} of {len(runs)} runs"
-            f"{nbs}; targets met on {met} of {len(probs)} types ([details](docs/kefan.md"
-            "#sparse-selection-across-problems-and-seeds-preset-robust))")
-
-
-def _cpu(sides: dict, side: str) -> float:
-    """Loop / ``side`` on the median process CPU seconds (robust to other jobs' load)."""
-    med = {k: statistics.median(c["cpu_s"] for c in v["calls"]) for k, v in sides.items()}
-    return med["loop"] / med[side]
-
-
-def mc_batched(d: dict) -> str:
-    rows = []
-    for r in d.get("batched", []):
-        sd, a, t = r["sides"], r["adaptive"], r["num_samples"]
-        rows.append([f"`{r['model']}`", f"{r['num_inputs']:,}", t,
-                     f"{r['plain_pass_s']:.2f}", f"{sd['loop']['median_s']:.1f}",
-                     f"{sd['batched']['median_s']:.1f} (K = {r['draws_per_pass']})",
-                     f"{sd['auto']['median_s']:.1f} (K = {r['auto_draws_per_pass']})",
-                     f"{r['speedup_batched']:.2f}x ({_cpu(sd, 'batched'):.2f}x)",
-                     f"{r['speedup_auto']:.2f}x ({_cpu(sd, 'auto'):.2f}x)",
-                     f"{r['plain_passes_per_draw']['auto']:.2f}",
-                     f"{sd['loop']['calls'][0]['peak_growth_mb']:.0f} / "
-                     f"{sd['batched']['calls'][0]['peak_growth_mb']:.0f}",
-                     f"{max(r['max_abs_diff_vs_loop'].values()):.1e}",
-                     f"{a['num_samples']}: {a['nll']:.4f} vs {a[f'nll_T{t}']:.4f} "
-                     f"({100 * a['nll_rel_diff']:.2f}%)"])
-    p = d.get("batched_provenance", {})
-    out = _table(["model", "inputs", "T", "plain pass (s)", "loop (s)", "batched (s)",
-                  "auto (s)", "batched speed-up (CPU time)", "auto speed-up (CPU time)",
-                  "auto: plain passes / draw",
-                  "peak MB loop / batched", "max abs diff vs loop",
-                  "adaptive: T, NLL vs fixed T (diff)"], rows) + _stamp({"provenance": p})
-    q = d.get("quickstart_eval")
-    if q:
-        f, au = q["sides"]["fixed_T100"], q["sides"]["auto"]
-        out += ("\n\n" + _table(
-            ["quickstart evaluation", "MC draws", "seconds (median)", "NLL", "OOD AUROC (MI)"],
-            [["fixed T = 100 (before)", f["calls"][0]["num_samples"], f"{f['median_s']:.1f}",
-              f"{f['calls'][0]['nll']:.4f}", f"{f['calls'][0]['ood_auroc_mi']:.3f}"],
-             ["`--samples auto` (now the default)", au["calls"][0]["num_samples"],
-              f"{au['median_s']:.1f}", f"{au['calls'][0]['nll']:.4f}",
-              f"{au['calls'][0]['ood_auroc_mi']:.3f}"]]))
-    return out
+            f"{nbs}; targets met on {met} of {len(probs)} types")
 
 
 RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
-    "mc_batched": ("mc_predict", mc_batched),
     "layer_overhead": ("layer_overhead", layer_overhead),
     "train_mnist": ("train_mnist", train_mnist),
     "train_cifar": ("train_cifar", train_cifar),
