@@ -206,6 +206,40 @@ def ivon_prune(d: dict) -> str:
         {"provenance": p})
 
 
+def ivon_steps(d: dict) -> str:
+    """IVON's train step against the plain model's Adam step, bayescale's beside ivon-opt's."""
+    rows = []
+    for arch, r in d["results"].items():
+        t = r["train_step"]
+        ours, theirs = t["bayescale ivon"]["ratio"], t["ivon-opt"]["ratio"]
+        target = 1.3 if arch in ("conv", "vgg3") else None
+        met = ours <= theirs and (target is None or ours <= target)
+        rows.append([ARCH[arch], f"{t['plain']['median_s'] * 1e3:.1f}", f"{ours:.2f}x",
+                     f"{theirs:.2f}x", f"≤ ivon-opt{f', ≤ {target}x' if target else ''}",
+                     _met(met)])
+    return _table(["architecture", "Adam ms/step (plain model)", "bayescale IVON vs Adam",
+                   "ivon-opt vs Adam", "target", "met"], rows) + _stamp(d)
+
+
+def ivon_prune(d: dict) -> str:
+    """BPrune SNR pruning (clean, no fine-tuning) of an IVON posterior beside a BNN's."""
+    rows = []
+    for name, entry in d["results"].items():
+        if not name.startswith(("CNN_conv IVON", "BNN_conv_flip")):
+            continue
+        for r in entry["table"]:
+            if r["mode"] != "clean":
+                continue
+            rows.append([f"`{name}`", f"{r['percent_pruned']:.0f}%",
+                         f"{100 * r['acc_mc']:.2f}%", f"{r['acc_mc_loss_points']:+.2f}",
+                         f"{r['heldout_nats']:.4f}", f"{r['threshold']:.2f}",
+                         str(r["num_test"])])
+    p = next((e["provenance"] for n, e in d["results"].items() if "IVON" in n), {})
+    return _table(["model (training)", "weights pruned", "MC accuracy", "loss (points)",
+                   "held-out nats", "SNR threshold", "test images"], rows) + _stamp(
+        {"provenance": p})
+
+
 def _study_rows(methods: dict) -> list[list[str]]:
     def f(v, spec):
         return "—" if v is None else format(v, spec)
@@ -300,10 +334,53 @@ def kefan_robustness_headline(d: dict) -> str:
     nbs = (f" (`notebook`: {sum(r['exact_support'] for r in nb)} of {len(nb)})" if nb else "")
     return (f"Ke & Fan selection over {len(probs)} problem types: preset `{pre}` keeps exactly "
             f"the true inputs in {sum(r['exact_support'] for r in runs)} of {len(runs)} runs"
-            f"{nbs}; targets met on {met} of {len(probs)} types")
+            f"{nbs}; targets met on {met} of {len(probs)} types ([details](docs/kefan.md"
+            "#sparse-selection-across-problems-and-seeds-preset-robust))")
+
+
+def _cpu(sides: dict, side: str) -> float:
+    """Loop / ``side`` on the median process CPU seconds (robust to other jobs' load)."""
+    med = {k: statistics.median(c["cpu_s"] for c in v["calls"]) for k, v in sides.items()}
+    return med["loop"] / med[side]
+
+
+def mc_batched(d: dict) -> str:
+    rows = []
+    for r in d.get("batched", []):
+        sd, a, t = r["sides"], r["adaptive"], r["num_samples"]
+        rows.append([f"`{r['model']}`", f"{r['num_inputs']:,}", t,
+                     f"{r['plain_pass_s']:.2f}", f"{sd['loop']['median_s']:.1f}",
+                     f"{sd['batched']['median_s']:.1f} (K = {r['draws_per_pass']})",
+                     f"{sd['auto']['median_s']:.1f} (K = {r['auto_draws_per_pass']})",
+                     f"{r['speedup_batched']:.2f}x ({_cpu(sd, 'batched'):.2f}x)",
+                     f"{r['speedup_auto']:.2f}x ({_cpu(sd, 'auto'):.2f}x)",
+                     f"{r['plain_passes_per_draw']['auto']:.2f}",
+                     f"{sd['loop']['calls'][0]['peak_growth_mb']:.0f} / "
+                     f"{sd['batched']['calls'][0]['peak_growth_mb']:.0f}",
+                     f"{max(r['max_abs_diff_vs_loop'].values()):.1e}",
+                     f"{a['num_samples']}: {a['nll']:.4f} vs {a[f'nll_T{t}']:.4f} "
+                     f"({100 * a['nll_rel_diff']:.2f}%)"])
+    p = d.get("batched_provenance", {})
+    out = _table(["model", "inputs", "T", "plain pass (s)", "loop (s)", "batched (s)",
+                  "auto (s)", "batched speed-up (CPU time)", "auto speed-up (CPU time)",
+                  "auto: plain passes / draw",
+                  "peak MB loop / batched", "max abs diff vs loop",
+                  "adaptive: T, NLL vs fixed T (diff)"], rows) + _stamp({"provenance": p})
+    q = d.get("quickstart_eval")
+    if q:
+        f, au = q["sides"]["fixed_T100"], q["sides"]["auto"]
+        out += ("\n\n" + _table(
+            ["quickstart evaluation", "MC draws", "seconds (median)", "NLL", "OOD AUROC (MI)"],
+            [["fixed T = 100 (before)", f["calls"][0]["num_samples"], f"{f['median_s']:.1f}",
+              f"{f['calls'][0]['nll']:.4f}", f"{f['calls'][0]['ood_auroc_mi']:.3f}"],
+             ["`--samples auto` (now the default)", au["calls"][0]["num_samples"],
+              f"{au['median_s']:.1f}", f"{au['calls'][0]['nll']:.4f}",
+              f"{au['calls'][0]['ood_auroc_mi']:.3f}"]]))
+    return out
 
 
 RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
+    "mc_batched": ("mc_predict", mc_batched),
     "layer_overhead": ("layer_overhead", layer_overhead),
     "train_mnist": ("train_mnist", train_mnist),
     "train_cifar": ("train_cifar", train_cifar),
@@ -313,6 +390,8 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "scaling_fit": ("scaling", scaling_fit),
     "scaling_extrapolation": ("scaling", scaling_extrapolation),
     "peers": ("peers", peers),
+    "ivon_steps": ("ivon_steps", ivon_steps),
+    "ivon_prune": ("prune_accuracy", ivon_prune),
     "ivon_steps": ("ivon_steps", ivon_steps),
     "ivon_prune": ("prune_accuracy", ivon_prune),
     "kefan_robustness": ("kefan_robustness", kefan_robustness),
