@@ -330,11 +330,13 @@ def kefan_robustness_headline(d: dict) -> str:
     pre = next(iter(probs))["preset"]
     runs = [r for p in probs for r in p["runs"]]
     met = sum(bool(p["summary"].get("target_met")) for p in probs)
+    full = sum(p["summary"].get("seeds", 0) >= 5 for p in probs)
     nb = [r for p in probs for r in p["compare"].get("notebook", {}).get("runs", [])]
     nbs = (f" (`notebook`: {sum(r['exact_support'] for r in nb)} of {len(nb)})" if nb else "")
     return (f"Ke & Fan selection over {len(probs)} problem types: preset `{pre}` keeps exactly "
             f"the true inputs in {sum(r['exact_support'] for r in runs)} of {len(runs)} runs"
-            f"{nbs}; targets met on {met} of {len(probs)} types ([details](docs/kefan.md"
+            f"{nbs}; targets met on {met} of the {full} types with 5 seeds run of {len(probs)}"
+            " ([details](docs/kefan.md"
             "#sparse-selection-across-problems-and-seeds-preset-robust))")
 
 
