@@ -18,7 +18,7 @@ METRICS = ("accuracy", "nll", "brier", "ece", "aurc", "ood_auroc", "ood_auroc_en
            "ood_auroc_mi", "shift_ece", "train_s", "infer_s")
 MAIN = {"mnist": "conv", "cifar10": "vgg3"}
 ORDER = ["deterministic", "temperature_scaled", "mc_dropout", "deep_ensemble", "bnn",
-         "sghmc_bma"]
+         "sghmc_bma", "ivon"]
 
 
 def _mean(values: list[Any]) -> Any:

@@ -56,10 +56,10 @@ def test_every_method_trains_evaluates_resumes_and_writes_the_layout(tmp_path, m
                                                                ("fc", "bnn")])
     # the twins are trained once and shared by deterministic, temperature_scaled, deep_ensemble
     trains = [r["training"] for r in rows if r["kind"] == "train"]
-    assert len(trains) == len(set(trains)) == 7
+    assert len(trains) == len(set(trains)) == 8
     samples = {r["method"]: r["mc_samples"] for r in evals if r["section"] == "conv"}
     assert samples == {"deterministic": 1, "temperature_scaled": 1, "bnn": 3, "mc_dropout": 3,
-                       "sghmc_bma": 1, "deep_ensemble": 2}
+                       "sghmc_bma": 1, "deep_ensemble": 2, "ivon": 3}
     for r in evals:
         assert 0 <= r["accuracy"] <= 1 and r["nll"] > 0 and 0 <= r["ece"] <= 1
         assert r["shift_ece"] == pytest.approx(sum(p["ece"] for p in r["per_shift"]) / 3)
