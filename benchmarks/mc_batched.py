@@ -87,6 +87,7 @@ def _model(name: str, args: argparse.Namespace) -> tuple[torch.nn.Module, torch.
     from bayescale.train.runs import build_model, load_run
 
     config, data, n, _, epochs = CASES[name]
+    n = args.num_inputs or n
     run_dir = Path(args.models_dir) / f"{name}-e{epochs}"
     root = args.cifar_root if data == "cifar10" and args.cifar_root else args.data_root
     overrides = [f"data.root={root}", f"train.epochs={max(epochs, 1)}",
@@ -114,6 +115,7 @@ def _model(name: str, args: argparse.Namespace) -> tuple[torch.nn.Module, torch.
 def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     model, x, y, meta = _model(name, args)
     _, _, n, t, _ = CASES[name]
+    n = len(x)
     bs = args.batch_size
     k = auto_draws_per_pass(model, t - 1, bs)
     plain = bayescale.get_model(name, bayesian=False).eval()
@@ -218,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--models", nargs="+", default=list(CASES), choices=list(CASES))
     p.add_argument("--models-dir", default="/tmp/bayescale-mc-models")
     p.add_argument("--batch-size", type=int, default=1000)
+    p.add_argument("--num-inputs", type=int, help="test inputs (default: the model's case)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--plain-reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
