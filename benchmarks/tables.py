@@ -206,40 +206,6 @@ def ivon_prune(d: dict) -> str:
         {"provenance": p})
 
 
-def ivon_steps(d: dict) -> str:
-    """IVON's train step against the plain model's Adam step, bayescale's beside ivon-opt's."""
-    rows = []
-    for arch, r in d["results"].items():
-        t = r["train_step"]
-        ours, theirs = t["bayescale ivon"]["ratio"], t["ivon-opt"]["ratio"]
-        target = 1.3 if arch in ("conv", "vgg3") else None
-        met = ours <= theirs and (target is None or ours <= target)
-        rows.append([ARCH[arch], f"{t['plain']['median_s'] * 1e3:.1f}", f"{ours:.2f}x",
-                     f"{theirs:.2f}x", f"≤ ivon-opt{f', ≤ {target}x' if target else ''}",
-                     _met(met)])
-    return _table(["architecture", "Adam ms/step (plain model)", "bayescale IVON vs Adam",
-                   "ivon-opt vs Adam", "target", "met"], rows) + _stamp(d)
-
-
-def ivon_prune(d: dict) -> str:
-    """BPrune SNR pruning (clean, no fine-tuning) of an IVON posterior beside a BNN's."""
-    rows = []
-    for name, entry in d["results"].items():
-        if not name.startswith(("CNN_conv IVON", "BNN_conv_flip")):
-            continue
-        for r in entry["table"]:
-            if r["mode"] != "clean":
-                continue
-            rows.append([f"`{name}`", f"{r['percent_pruned']:.0f}%",
-                         f"{100 * r['acc_mc']:.2f}%", f"{r['acc_mc_loss_points']:+.2f}",
-                         f"{r['heldout_nats']:.4f}", f"{r['threshold']:.2f}",
-                         str(r["num_test"])])
-    p = next((e["provenance"] for n, e in d["results"].items() if "IVON" in n), {})
-    return _table(["model (training)", "weights pruned", "MC accuracy", "loss (points)",
-                   "held-out nats", "SNR threshold", "test images"], rows) + _stamp(
-        {"provenance": p})
-
-
 def _study_rows(methods: dict) -> list[list[str]]:
     def f(v, spec):
         return "—" if v is None else format(v, spec)
@@ -392,8 +358,6 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "scaling_fit": ("scaling", scaling_fit),
     "scaling_extrapolation": ("scaling", scaling_extrapolation),
     "peers": ("peers", peers),
-    "ivon_steps": ("ivon_steps", ivon_steps),
-    "ivon_prune": ("prune_accuracy", ivon_prune),
     "ivon_steps": ("ivon_steps", ivon_steps),
     "ivon_prune": ("prune_accuracy", ivon_prune),
     "kefan_robustness": ("kefan_robustness", kefan_robustness),

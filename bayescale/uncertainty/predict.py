@@ -314,8 +314,9 @@ def mc_predict(
         memory_budget: bytes for the K stacked weight draws under ``"auto"`` (default 256 MiB).
         tol: the ``"auto"`` stopping level. Classification: the mean over inputs of the largest
             per-class standard error of the MC mean probability (default 5e-3; on MNIST the
-            predictive NLL is then within 1% of 300 draws). Regression: the mean over inputs of the standard error of the MC predictive mean divided by the
-            predictive sd (default 0.05).
+            predictive NLL is then within 1% of 300 draws). Regression: the mean over inputs
+            of the standard error of the MC predictive mean divided by the predictive sd
+            (default 0.05).
         min_samples, max_samples: the bounds on T under ``num_samples="auto"``.
         posterior: a weight posterior held outside the model (e.g.
             :class:`bayescale.nn.posterior.ParamPosterior`, or an optimizer with a
