@@ -13,33 +13,17 @@ every run. Several workers may run the same command at once: each claims a run (
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
 import statistics
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from kefan_problems import PROBLEMS, SCORE_REL, Problem, fit_kefan, fit_lasso, fit_oracle
 
 from bayescale.kefan.optimizer import resolve_hparams
-from bayescale.scale.bench import provenance, write_json
-
-LOCK = "/tmp/bayescale-bench.lock"
-
-
-@contextmanager
-def bench_lock(path: str = LOCK) -> Iterator[None]:
-    """Hold the shared benchmark lock (an exclusive ``flock``) for one timed run."""
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+from bayescale.scale.bench import bench_lock, provenance, write_json
 
 
 def _key(r: dict[str, Any]) -> tuple:

@@ -22,24 +22,20 @@ Every timed block holds ``/tmp/bayescale-bench.lock``. Results go to ``mc_predic
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import bayescale
-from bayescale.scale.bench import provenance, results_path, summary, write_json
+from bayescale.scale.bench import bench_lock, provenance, results_path, summary, write_json
 from bayescale.uncertainty.metrics import accuracy, nll
 from bayescale.uncertainty.passes import auto_draws_per_pass
 
-LOCK = "/tmp/bayescale-bench.lock"
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 # model -> (shipped config, data set, test inputs, T, training epochs (0: initial weights))
 CASES = {
@@ -49,16 +45,6 @@ CASES = {
 }
 TARGETS = {"conv_speedup": 3.0, "fc_plain_passes_per_draw": 1.2, "adaptive_nll_rel": 0.01,
            "adaptive_max_draws": 100}
-
-
-@contextmanager
-def bench_lock() -> Iterator[None]:
-    with open(LOCK, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _kb(field: str) -> int:

@@ -27,24 +27,27 @@ Writes benchmarks/results/peers.json with provenance and the package versions.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import importlib.metadata as md
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import bayescale
-from bayescale.scale.bench import provenance, results_path, summary, time_interleaved, write_json
+from bayescale.scale.bench import (
+    bench_lock,
+    provenance,
+    results_path,
+    summary,
+    time_interleaved,
+    write_json,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from layer_overhead import ARCHS, MALLOC_ENV, _reexec_with_malloc_env  # noqa: E402
 
 N_TRAIN = 60000
-LOCK = "/tmp/bayescale-bench.lock"  # shared with the other timing jobs, held per timed block
 
 
 def _peers():
@@ -150,17 +153,6 @@ def mc_fns(build, x, samples: int) -> dict:
     fns["bayescale ivon"] = lambda: bayescale.mc_predict(bv_model, x, samples, batch_size=len(x),
                                                         posterior=bv_opt)
     return fns
-
-
-@contextlib.contextmanager
-def bench_lock() -> Iterator[None]:
-    """Hold the shared benchmark lock (exclusive ``flock``) for one timed block."""
-    with open(LOCK, "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _timed(fns: dict, only: list[str] | None, **kw) -> dict:

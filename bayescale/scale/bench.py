@@ -7,6 +7,8 @@ A/B interleaved in the same process (so drift hits both sides), medians over man
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import platform
@@ -14,7 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,21 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+BENCH_LOCK = "/tmp/bayescale-bench.lock"  # shared by every timing job on a machine
+
+
+@contextlib.contextmanager
+def bench_lock(path: str | Path = BENCH_LOCK) -> Iterator[None]:
+    """Hold the shared benchmark lock (an exclusive ``flock``) for one timed block, so timing
+    jobs on one machine take turns (``flock /tmp/bayescale-bench.lock CMD`` takes the same)."""
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def provenance(config: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -122,8 +122,7 @@ def test_adaptive_stops_at_the_first_round_below_the_tolerance():
     fixed, _ = _samples(net, x, 300, 1)
     se = [float((fixed[:t].double().std(0) / t ** 0.5).amax(-1).mean()) for t in range(20, 301, 10)]
     tol = (se[3] + se[4]) / 2  # between the SE after 50 and after 60 draws
-    if not se[3] > tol > se[4]:
-        pytest.skip("SE not decreasing between rounds for this draw")
+    assert se[3] > tol > se[4]  # the SE falls between those rounds (fixed seed)
     probs, info = _samples(net, x, "auto", 1, tol=tol)
     assert info.num_samples == 60 and info.converged
     torch.testing.assert_close(probs, fixed[:60])
