@@ -225,6 +225,7 @@ def fit_kefan(prob: Problem, seed: int, preset: str, epochs: int, cycles: int | 
             "pruned_epoch": {str(j): pruned_epoch.get(j) for j in sorted(true)},
             "stability": stab, "epochs": epochs, "steps": total, "seconds": seconds,
             "preset": preset, "samples": len(samples), "h0": h0, "cycles": cycles, "ramp": ramp,
+            "clipped_steps": opt.clipped_steps,
             "after_factor": boost,
             "warm_up": warm_up, "inclusion_frequency_true": [round(float(freq[j]), 3)
                                                             for j in prob.true_inputs],

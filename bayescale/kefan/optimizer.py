@@ -100,15 +100,18 @@ PRESETS: dict[str, dict[str, Any]] = {
                      group="fc", cycles=6),
     # bayescale's default: the notebook set with the E-step and pruning held back until the
     # first cycle has ended, a spike strong enough to empty a group within a cycle, a larger
-    # step size that climbs back at each restart (docs/kefan.md, the robustness study)
+    # step size that climbs back at each restart, and the gradient's norm clipped to 3x its
+    # running average, so that one loss spike at the peak step size cannot kill a narrow
+    # layer's units (docs/kefan.md, the robustness study)
     "robust": dict(betas=(0.1, 1.0), eps1=2e-4, eps0=1.0, soft_threshold=1e-3,
                    rel_threshold=10.0, hard_threshold=1e-3, warm_up=50,
                    temperature="1/sqrt(N)", eta=0.1, group="fc", cycles=4, h0=0.03, h0_bce=0.3,
-                   ramp=0.1, warm_up_cycles=1.0, after_factor=4.0),
+                   ramp=0.1, warm_up_cycles=1.0, after_factor=4.0, spike_clip=3.0),
 }
 DEFAULT_PRESET = "robust"
 # preset keys that belong to the training schedule, not to the optimizer
 SCHEDULE_KEYS = ("cycles", "h0", "h0_bce", "ramp", "warm_up_cycles", "after_factor")
+SPIKE_CLIP_BETA = 0.98  # the running average of the gradient norm forgets over ~50 steps
 
 
 def untempered_temperature(num_train: int, lr: float, betas: tuple[float, float] = (0.1, 1.0),
@@ -212,6 +215,12 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
         seed: seed of the noise generator (the same on every data-parallel rank).
         momentum_init_std: the momentum starts as ``momentum_init_std * N(0, 1)``
             (the authors' 0.001).
+        spike_clip: if > 0, before each update the gradient (all parameters together, pruned
+            weights left out) is rescaled to norm at most ``spike_clip`` times the running
+            average of its clipped norm (decay ``SPIKE_CLIP_BETA``; the first step sets it), as
+            AutoClip's history-relative clipping (Seetharaman et al. 2020). It acts on loss
+            spikes only; ``clipped_steps`` counts the steps it rescaled. 0 / None: off (the
+            authors' presets).
         preset: a name in ``PRESETS`` supplying every argument left as None.
     """
 
@@ -222,14 +231,18 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
                  eps0: float | None = None, soft_threshold: float | None = None,
                  rel_threshold: float | None = None,
                  hard_threshold: float | None = None, warm_up: int | None = None,
-                 group: str | None = None, seed: int = 0, momentum_init_std: float = 1e-3
-                 ) -> None:
+                 group: str | None = None, seed: int = 0, momentum_init_std: float = 1e-3,
+                 spike_clip: float | None = None) -> None:
         hp = resolve_hparams(preset, temperature=temperature, eta=eta, betas=betas, eps1=eps1,
                              eps0=eps0, soft_threshold=soft_threshold,
                              rel_threshold=rel_threshold, hard_threshold=hard_threshold,
-                             warm_up=warm_up, group=group)
+                             warm_up=warm_up, group=group, spike_clip=spike_clip)
         for k in SCHEDULE_KEYS:
             hp.pop(k, None)
+        clip = float(hp.pop("spike_clip", 0.0) or 0.0)
+        _check(math.isfinite(clip) and clip >= 0,
+               f"spike_clip is a factor on the gradient norm's running average (> 0; 0 or None "
+               f"turns it off), got {spike_clip!r}")
         hp.setdefault("rel_threshold", 0.0)  # the authors' presets: a fixed E-step threshold
         defaults = dict(lr=lr, num_train=num_train, **hp)
         self._validate(defaults)
@@ -237,6 +250,9 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
         for g in self.param_groups:
             self._validate(g)
         self.seed, self.momentum_init_std = int(seed), float(momentum_init_std)
+        self.spike_clip = clip
+        self.grad_norm_avg: float | None = None  # the running average spike_clip refers to
+        self.clipped_steps = 0
         self._gens: dict[str, torch.Generator] = {}
         self._pending_gen_states: dict[str, Tensor] = {}
 
@@ -273,11 +289,16 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
         sd = super().state_dict()
         states = {k: g.get_state() for k, g in self._gens.items()}
         sd["generators"] = {**self._pending_gen_states, **states}
+        sd["spike_clip"] = {"grad_norm_avg": self.grad_norm_avg,
+                            "clipped_steps": self.clipped_steps}
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         gens = state_dict.pop("generators", {})
+        clip = state_dict.pop("spike_clip", {})
+        self.grad_norm_avg = clip.get("grad_norm_avg")
+        self.clipped_steps = int(clip.get("clipped_steps", 0))
         super().load_state_dict(state_dict)
         for st in self.state.values():  # torch casts every state tensor to the param's dtype
             for k in st:
@@ -398,12 +419,45 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
                 self.em_step(due)
         for g in self.param_groups:
             for p in g["params"]:
+                if p.grad is not None and p.grad.is_sparse:
+                    raise RuntimeError("SGHMCSpikeSlab does not support sparse gradients")
+        if self.spike_clip > 0:
+            self._clip_spike()
+        for g in self.param_groups:
+            for p in g["params"]:
+                if p.grad is not None:
+                    self._update(p, g)
+        return loss
+
+    def _clip_spike(self) -> None:
+        """Rescale the gradient to norm <= ``spike_clip`` x its running average (the
+        ``spike_clip`` argument); pruned weights are left out of the norm. Under
+        data-parallel training the gradients are all-reduced already, so every rank decides
+        alike."""
+        norms: list[Tensor] = []
+        for g in self.param_groups:
+            for p in g["params"]:
                 if p.grad is None:
                     continue
-                if p.grad.is_sparse:
-                    raise RuntimeError("SGHMCSpikeSlab does not support sparse gradients")
-                self._update(p, g)
-        return loss
+                mask = self.hard_mask(p)
+                grad = p.grad if mask is None else p.grad * mask
+                norms.append(torch.linalg.vector_norm(grad.float()).cpu())
+        if not norms:
+            return
+        norm = float(torch.linalg.vector_norm(torch.stack(norms)))
+        avg = self.grad_norm_avg
+        if not math.isfinite(norm):
+            return  # left to the update (a NaN loss is the training loop's to report)
+        if avg is not None and norm > self.spike_clip * avg:
+            scale = self.spike_clip * avg / norm
+            for g in self.param_groups:
+                for p in g["params"]:
+                    if p.grad is not None:
+                        p.grad.mul_(scale)
+            norm = self.spike_clip * avg
+            self.clipped_steps += 1
+        self.grad_norm_avg = norm if avg is None else (
+            SPIKE_CLIP_BETA * avg + (1 - SPIKE_CLIP_BETA) * norm)
 
     def _update(self, p: Tensor, g: dict[str, Any]) -> None:
         """The spec's update, in place on the state (no weight-sized temporaries except the

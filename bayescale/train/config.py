@@ -132,6 +132,8 @@ class SGHMCConfig:
     conv_hard_threshold: float | None = _opt(None, "hard_threshold (range) of conv weights "
                                                    "(default: hard_threshold)")
     warm_up: int | None = _opt(None, "epochs before the E-step and pruning start")
+    spike_clip: float | None = _opt(None, "clip the gradient norm to this many times its "
+                                          "running average (robust: 3; 0: off)")
     group: Literal["none", "cnn", "fc", "gnn", "cnn_fc"] | None = _opt(
         None, "groups: cnn (kernel slices; channels/filters), fc (input columns), gnn (output "
               "rows), cnn_fc (conv as cnn + linear as fc), none (dense)")

@@ -16,7 +16,7 @@ from bayescale.kefan.optimizer import (
 
 # every key in which "robust" departs from "notebook" (docs/kefan.md lists the same)
 DOCUMENTED = {"eps0", "soft_threshold", "rel_threshold", "cycles", "h0", "h0_bce", "ramp",
-              "warm_up_cycles", "after_factor"}
+              "warm_up_cycles", "after_factor", "spike_clip"}
 
 
 def test_robust_is_the_default_and_notebook_keeps_the_authors_values():
