@@ -325,8 +325,11 @@ def run_robustness(args: argparse.Namespace) -> None:
 
         time_runs(problems, seeds[0], preset, args.epochs or 1200, path)
         return
+    if any(":" not in p for p in args.previous):
+        raise SystemExit(f"--previous takes HASH:LABEL pairs, got {args.previous}")
+    previous = {label: tag for tag, label in (p.split(":", 1) for p in args.previous)}
     res = run_study(problems, seeds, preset, args.compare, args.epochs or 1200, path,
-                    budget=BUDGET, lock=not args.no_lock)
+                    budget=BUDGET, lock=not args.no_lock, previous=previous)
     print(table(res))
     if not args.tag:
         from kefan_robustness import figure
@@ -358,6 +361,9 @@ def main(argv: list[str] | None = None) -> int:
                     "the library default)")
     ap.add_argument("--compare", nargs="*", default=["notebook"], help="robustness: presets "
                     "run after it on the same problems and seeds")
+    ap.add_argument("--previous", nargs="*", default=[], metavar="HASH:LABEL",
+                    help="robustness: also table the recorded runs of earlier versions of the "
+                         "preset (settings hash, as in the partial file's 'hp') under LABEL")
     ap.add_argument("--no-lock", action="store_true", help="robustness: run outside the "
                     "shared lock (seconds untimed); then --timing re-times one seed under it")
     ap.add_argument("--timing", action="store_true", help="robustness: re-run the first seed "

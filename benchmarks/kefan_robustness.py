@@ -107,18 +107,21 @@ def _summary(prob: Problem, runs: list[dict], oracle: float | None) -> dict[str,
 
 
 def assemble(records: list[dict], problems: list[str], preset: str, compare: list[str],
-             config: dict[str, Any]) -> dict[str, Any]:
+             config: dict[str, Any], previous: dict[str, str] | None = None) -> dict[str, Any]:
     """The result layout: ``{"provenance", "problems": {NAME: {"p", "widths", "loss",
-    "oracle_metric", "runs", ...}}}``; ``runs`` are the default preset's."""
+    "oracle_metric", "runs", ...}}}``; ``runs`` are the default preset's. ``previous`` maps a
+    label to the settings hash of an earlier version of ``preset`` whose runs are in the
+    records: they join ``compare`` under that label (kept for the history, not re-run)."""
     out: dict[str, Any] = {}
     for name in problems:
         prob = PROBLEMS[name]
 
-        def pick(method: str, name: str = name) -> list[dict]:
+        def pick(method: str, name: str = name, tag: str | None = None) -> list[dict]:
             base = method in ("oracle", "lasso")  # Ke & Fan runs: this budget and settings
+            tag = tag or hp_tag(method)
             return sorted((r for r in records if r["problem"] == name and r["method"] == method
                            and (base or (r.get("epochs_cfg") == config["epochs"]
-                                         and r.get("hp") == hp_tag(method)))),
+                                         and r.get("hp") == tag))),
                           key=lambda r: r["seed"])
 
         oracle_runs = pick("oracle")
@@ -134,12 +137,18 @@ def assemble(records: list[dict], problems: list[str], preset: str, compare: lis
                      "lasso": {"runs": lasso, "summary": _summary(prob, lasso, oracle)},
                      "compare": {c: {"runs": pick(c), "summary": _summary(prob, pick(c), oracle)}
                                  for c in compare}}
+        for label, tag in (previous or {}).items():
+            old = pick(preset, tag=tag)
+            if old:
+                out[name]["compare"][label] = {"runs": old, "hp": tag,
+                                               "summary": _summary(prob, old, oracle)}
     return {"provenance": provenance(config), "problems": out}
 
 
 def run_study(problems: list[str], seeds: list[int], preset: str, compare: list[str],
               epochs: int, out_path: Path, oracle_epochs: int = 300,
-              budget: str = "", lock: bool = True) -> dict[str, Any]:
+              budget: str = "", lock: bool = True,
+              previous: dict[str, str] | None = None) -> dict[str, Any]:
     """Run (or resume) the study and write ``out_path``; returns the result. First the oracle,
     the L1 baseline and ``preset`` on every problem and seed, then the ``compare`` presets, each
     with its own schedule (cycles, h0, ramp, warm-up) over the same ``epochs``."""
@@ -149,7 +158,8 @@ def run_study(problems: list[str], seeds: list[int], preset: str, compare: list[
     config = {"suite": "robustness", "problems": problems, "seeds": seeds, "preset": preset,
               "compare": compare, "epochs": epochs, "oracle_epochs": oracle_epochs,
               "batch": 1024, "threads": 1, "partial": partial.name, "budget": budget,
-              "hparams": {m: resolve_hparams(m) for m in (preset, *compare)}}
+              "hparams": {m: resolve_hparams(m) for m in (preset, *compare)},
+              "previous": previous or {}}
     plan = [(name, seed, m) for seed in seeds for name in problems
             for m in ("oracle", "lasso", preset)]
     plan += [(name, seed, m) for m in compare for seed in seeds for name in problems]
@@ -182,8 +192,8 @@ def run_study(problems: list[str], seeds: list[int], preset: str, compare: list[
         _claim_path(partial, rec).unlink(missing_ok=True)
         records = _read(partial)
         _print(rec)
-        write_json(out_path, assemble(records, problems, preset, compare, config))
-    result = assemble(records, problems, preset, compare, config)
+        write_json(out_path, assemble(records, problems, preset, compare, config, previous))
+    result = assemble(records, problems, preset, compare, config, previous)
     write_json(out_path, result)
     return result
 

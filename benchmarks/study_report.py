@@ -73,6 +73,13 @@ def targets(dataset: str, methods: dict[str, Any], fc: dict[str, Any] | None) ->
                    "shift_ece <= twin": b["shift_ece"] <= d["shift_ece"]}
     if fc and "bnn" in fc:
         out["fc bnn accuracy >= 97.0%"] = fc["bnn"]["accuracy"] >= 0.97
+    v = methods.get("ivon")
+    if v and d:  # IVON (Shen et al. 2024) against the same twin trained with its usual optimizer
+        out.update({"ivon accuracy >= twin - 0.5 pt": v["accuracy"] >= d["accuracy"] - 0.005,
+                    "ivon nll <= twin": v["nll"] <= d["nll"],
+                    "ivon ece <= twin": v["ece"] <= d["ece"],
+                    "ivon shift_ece <= twin": v["shift_ece"] <= d["shift_ece"],
+                    "ivon train_s <= 1.3 x twin": v["train_s"] <= 1.3 * d["train_s"]})
     return out
 
 

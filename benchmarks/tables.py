@@ -359,6 +359,7 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "scaling_extrapolation": ("scaling", scaling_extrapolation),
     "peers": ("peers", peers),
     "ivon_steps": ("ivon_steps", ivon_steps),
+    "ivon_steps_1thread": ("ivon_steps_1thread", ivon_steps),
     "ivon_prune": ("prune_accuracy", ivon_prune),
     "kefan_robustness": ("kefan_robustness", kefan_robustness),
     "kefan_robustness_headline": ("kefan_robustness", kefan_robustness_headline),

@@ -178,6 +178,7 @@ class KeFanTraining:
         if not self.collector.samples:
             return {}
         res = {"bma_samples": len(self.collector.samples), "sample_steps": self.collector.taken,
+               "clipped_steps": self.opt.clipped_steps,  # gradient spikes the guard rescaled
                **evaluate(self.collector.modules(self.model))}
         support = self.support()
         if support is not None:

@@ -356,6 +356,7 @@ def test_train_cli_sghmc_prunes_samples_and_resumes_exactly(tmp_path, monkeypatc
     assert lrs[0] == pytest.approx(0.05 * 0.5 * (math.cos(math.pi * 4 / 20) + 1))  # step 4
     bma = json.loads((run / "bma.json").read_text())
     assert bma["sample_steps"] == [10, 20, 30, 40] and bma["bma_samples"] == 4
+    assert isinstance(bma["clipped_steps"], int) and bma["clipped_steps"] >= 0
     assert straight["bma_eval"]["test_acc"] == bma["test_acc"]
     samples = load_samples(run)
     assert len(samples) == 4

@@ -94,3 +94,18 @@ def test_every_method_trains_evaluates_resumes_and_writes_the_layout(tmp_path, m
     assert set(out["fc"]["methods"]) == {"deterministic", "bnn"}
     assert isinstance(out["methods"]["temperature_scaled"]["temperature"], float)
     assert (tmp_path / "results" / "figures" / "uncertainty_study_mnist_shift.png").is_file()
+
+
+def test_targets_read_the_ivon_row_against_the_twin():
+    twin = {"accuracy": 0.99, "nll": 0.05, "ece": 0.010, "shift_ece": 0.40, "train_s": 100.0,
+            "ood_auroc": 0.95}
+    good = {"accuracy": 0.9851, "nll": 0.049, "ece": 0.009, "shift_ece": 0.39, "train_s": 130.0,
+            "ood_auroc": 0.95}
+    out = SR.targets("mnist", {"deterministic": twin, "ivon": good}, None)
+    ivon = {k: v for k, v in out.items() if k.startswith("ivon")}
+    assert len(ivon) == 5 and all(ivon.values())
+    bad = {**good, "accuracy": 0.9849, "train_s": 130.1, "nll": 0.0501}
+    out = SR.targets("cifar10", {"deterministic": twin, "ivon": bad}, None)
+    assert not out["ivon accuracy >= twin - 0.5 pt"] and not out["ivon train_s <= 1.3 x twin"]
+    assert not out["ivon nll <= twin"] and out["ivon ece <= twin"]
+    assert "ivon nll <= twin" not in SR.targets("mnist", {"ivon": good}, None)
