@@ -338,10 +338,11 @@ def run_robustness(args: argparse.Namespace) -> None:
                               / "kefan_robustness.png"))
 
 
-BUDGET = ("2 CPU cores shared by 4 jobs, 1 torch thread per run, about 90 minutes for the "
-          "whole study: 1200 epochs a Ke & Fan run (12,000 steps; the input layer is multiplied "
-          "by its live columns only once a quarter are pruned, so a run costs about a minute), "
-          "5 problem types x 5 seeds x 2 presets, the oracles (Adam, 300 epochs) and the L1 fits")
+BUDGET = ("2 CPU cores, 1 torch thread per run, one study worker beside one other training job "
+          "(not under the benchmark lock): 1200 epochs a Ke & Fan run (12,000 steps; the input "
+          "layer is multiplied by its live columns only once a quarter are pruned), 20-75 s a "
+          "run; 5 problem types x 5 seeds x 2 presets, the oracles (Adam, 300 epochs) and the "
+          "L1 fits: about 45 minutes")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -25,7 +25,12 @@ from bayescale.kefan.optimizer import (
     schedule_hparams,
     sparsity,
 )
-from bayescale.kefan.stability import inclusion_frequency, pruned_signal, support_stability
+from bayescale.kefan.stability import (
+    inclusion_frequency,
+    pruned_signal,
+    support_stability,
+    warmup_stall,
+)
 from bayescale.train.schedules import cycle_sample_steps, cyclical_cosine
 
 Truth = Callable[[np.ndarray], np.ndarray]
@@ -111,6 +116,35 @@ PROBLEMS = {
 STUDY = tuple(PROBLEMS)  # the problem types of the robustness study, in its order
 
 
+def _wide(x: np.ndarray) -> np.ndarray:
+    return 1.5 * np.sin(x[:, 0] * x[:, 1]) + np.tanh(x[:, 2]) - np.tanh(2 * x[:, 3] - x[:, 4])
+
+
+def _deep_interaction(x: np.ndarray) -> np.ndarray:
+    return (2 * np.sin(x[:, 0] * x[:, 1]) + np.tanh(x[:, 2] * x[:, 3]) + np.tanh(2 * x[:, 4])
+            - np.maximum(x[:, 5], 0))
+
+
+def _logit_p2000(x: np.ndarray) -> np.ndarray:
+    return 3 * (np.tanh(x[:, 0] * x[:, 1]) + np.tanh(2 * x[:, 2] - x[:, 3]) - np.tanh(x[:, 4]))
+
+
+# Problems of the same family written after the robust preset was fixed, to check that it was
+# not tuned to the study's five: other widths, depths, P, positions and nonlinearities
+# (``kefan_bench.py robustness --problems ... --tag _heldout``).
+HELDOUT = {
+    "heldout_wide_p3000": Problem("heldout_wide_p3000", 3000, (3, 77, 1500, 2222, 2999),
+                                  (10, 5), "mse", _wide),
+    "heldout_deep_interaction": Problem("heldout_deep_interaction", 2000,
+                                        (5, 10, 400, 800, 1200, 1600), (8, 6, 4), "mse",
+                                        _deep_interaction),
+    "heldout_classification_p2000": Problem("heldout_classification_p2000", 2000,
+                                            (100, 200, 300, 400, 500), (6, 4, 3), "bce",
+                                            _logit_p2000),
+}
+PROBLEMS.update(HELDOUT)
+
+
 def make_net(p: int, widths: tuple[int, ...]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for a, b in zip((p, *widths[:-1]), widths, strict=True):
@@ -165,10 +199,11 @@ def fit_kefan(prob: Problem, seed: int, preset: str, epochs: int, cycles: int | 
     sample_epochs: list[int] = []
     pruned_epoch: dict[int, int] = {}
     true = set(prob.true_inputs)
-    t0, step, trace = time.perf_counter(), 0, []
+    t0, step, trace, epoch_loss = time.perf_counter(), 0, [], []
     for epoch in range(epochs):
         perm = torch.randperm(n, generator=order)
         live, xlive = _live_inputs(opt, first, xtr)
+        loss_sum = torch.zeros((), dtype=torch.float64)
         for b in range(nb):
             idx = perm[b * batch:(b + 1) * batch]
             opt.param_groups[0]["lr"] = cyclical_cosine(step, total, cycles, h0, ramp) * (
@@ -178,12 +213,15 @@ def fit_kefan(prob: Problem, seed: int, preset: str, epochs: int, cycles: int | 
                 out = net(xtr[idx])
             else:  # pruned input columns are exactly 0: multiply by the live ones only
                 out = net[1:](nn.functional.linear(xlive[idx], first[:, live], net[0].bias))
-            loss_fn(out, ytr[idx]).backward()
+            loss = loss_fn(out, ytr[idx])
+            loss.backward()
+            loss_sum += loss.detach().double()
             opt.step(epoch=epoch, batch=b)
             step += 1
             if step in sample_at:
                 samples.append({k: v.detach().clone() for k, v in net.state_dict().items()})
                 sample_epochs.append(epoch)
+        epoch_loss.append(float(loss_sum) / nb)
         keep = opt.state[first].get("keep_in")
         if keep is not None:
             for j in true:
@@ -214,9 +252,12 @@ def fit_kefan(prob: Problem, seed: int, preset: str, epochs: int, cycles: int | 
         stab["score_test"]["pruned_with_signal"] = stab["score_test"]["pruned_with_signal"][:20]
         stab["stable"] = stab["stable"] and not stab["score_test"]["pruned_with_signal"]
         net.zero_grad()
+    stab["warmup"] = warmup_stall(epoch_loss[:warm_up + 1])  # epochs 0..warm_up run dense
+    stab["stable"] = stab["stable"] and not stab["warmup"]["stalled"]
     log(f"    support: {stab['num_selected']} inputs in >= 1/2 of {len(after)} samples, "
         f"{stab['num_undecided']} undecided, pruned inputs with signal "
-        f"{stab.get('score_test', {}).get('pruned_with_signal')}, stable={stab['stable']}")
+        f"{stab.get('score_test', {}).get('pruned_with_signal')}, warm-up stalled "
+        f"{stab['warmup']['stalled']}, stable={stab['stable']}")
     return {"seed": seed, "metric": metric(prob, _predict(prob, nets, xte), yte),
             "metric_last": metric(prob, _predict(prob, [net.eval()], xte), yte),
             "exact_support": set(selected) == true, "selected": selected,

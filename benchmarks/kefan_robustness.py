@@ -30,11 +30,17 @@ def _key(r: dict[str, Any]) -> tuple:
     return r["problem"], r["method"], r["seed"], r.get("epochs_cfg"), r.get("hp")
 
 
+RECORD = 2  # the run record's version: 2 adds the warm-up verdict (stability["warmup"])
+
+
 def hp_tag(method: str) -> str | None:
-    """A short hash of a preset's settings, so that a changed preset is re-run on resume."""
+    """A short hash of a preset's settings and the record version, so that a changed preset
+    (or record) is re-run on resume."""
     if method in ("oracle", "lasso"):
         return None
     blob = json.dumps(resolve_hparams(method), sort_keys=True, default=str)
+    if RECORD > 1:  # version 1 hashed the settings alone: its runs keep their tags
+        blob += f"record={RECORD}"
     return hashlib.sha1(blob.encode()).hexdigest()[:8]
 
 
@@ -75,7 +81,8 @@ def verdict(r: dict[str, Any]) -> bool:
     st = r["stability"]
     ratio = st.get("score_test", {}).get("max_ratio")
     return (st["num_undecided"] == 0 and st["num_selected"] > 0
-            and (ratio is None or ratio < SCORE_REL))
+            and (ratio is None or ratio < SCORE_REL)
+            and not st.get("warmup", {}).get("stalled", False))
 
 
 def _summary(prob: Problem, runs: list[dict], oracle: float | None) -> dict[str, Any]:

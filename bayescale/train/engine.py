@@ -335,7 +335,7 @@ class _Trainer:
                 epoch_time += dt
                 self.step += 1
                 if self.kefan:  # samples at cycle ends, sparsity.csv at epoch ends
-                    self.kefan.after_step(self.step)
+                    self.kefan.after_step(self.step, terms.loss)
                 self.log.timing(self.step, dt, self.world * xb.shape[0], wall0, wall0 + dt,
                                 self.time_to_train, self.timer.pop(), self.world)
                 with torch.no_grad():

@@ -8,7 +8,8 @@ calls, weight samples and Bayesian model averaging, and the sparsity log and plo
   ``RUN/samples/sample_XX.pt``, read back as modules for ``bayescale.mc_predict(samples, x)``;
 * :class:`SparsityLog` / :func:`plot_sparsity` - ``RUN/sparsity.csv``, one row per epoch end (and
   the initial state): ``epoch``, ``step``, ``sparsity`` (zero fraction of all parameters, Ke &
-  Fan's measure), ``spike`` (fraction of the groupable weights under the spike prior) and
+  Fan's measure), ``spike`` (fraction of the groupable weights under the spike prior),
+  ``train_loss`` (the epoch's mean batch loss on rank 0; empty for the initial row) and
   ``sparsity.<layer>``. Only rank 0 writes; a resumed run first drops the rows past its
   checkpoint.
 """
@@ -26,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..kefan.optimizer import SGHMCSpikeSlab, layer_sparsity, sparsity
-from ..kefan.stability import support_report
+from ..kefan.stability import support_report, warmup_stall
 from . import distributed as D
 from .schedules import cycle_sample_steps, cyclical_cosine
 
@@ -136,6 +137,8 @@ class KeFanTraining:
         self.opt, self.model, self.h0, self.cycles = opt, model, h0, cycles
         self.per_epoch, self.total, self.ramp = per_epoch, total, ramp
         self.after_factor = after_factor
+        self._loss: Tensor | None = None  # the running epoch's summed batch losses
+        self._loss_n = 0
         if warm_up_cycles is not None:  # the preset's warm-up: whole cycles of this run
             for g in opt.param_groups:
                 g["warm_up"] = int(round(warm_up_cycles * total / per_epoch / cycles))
@@ -166,11 +169,18 @@ class KeFanTraining:
             if due:
                 self.opt.em_step(due)
 
-    def after_step(self, step: int) -> None:
-        """Samples at the cycle ends; a sparsity row at every epoch end."""
+    def after_step(self, step: int, loss: Tensor | None = None) -> None:
+        """Samples at the cycle ends; a sparsity row at every epoch end (with the epoch's mean
+        training loss on this rank, when ``loss`` - the step's batch loss - is given)."""
         self.collector(step, self.model)
+        if loss is not None:
+            self._loss = self._loss + loss.detach().double() if self._loss is not None else (
+                loss.detach().double())
+            self._loss_n += 1
         if step % self.per_epoch == 0 or step == self.total:
-            self.log.write(step / self.per_epoch, step, self.model, self.opt)
+            mean = float(self._loss) / self._loss_n if self._loss is not None else None
+            self.log.write(step / self.per_epoch, step, self.model, self.opt, mean)
+            self._loss, self._loss_n = None, 0
 
     def finish(self, evaluate: Callable[[list[nn.Module]], dict[str, Any]]) -> dict[str, Any]:
         """BMA metrics over the kept samples (``evaluate(modules)``), saved to ``RUN/bma.json``."""
@@ -207,7 +217,13 @@ class KeFanTraining:
             return None
         thr = self.opt.state.get(w, {}).get("threshold", self.opt.param_groups[0][
             "soft_threshold"])
-        return {"param": name, **support_report(after, "in", thr)}
+        out = {"param": name, **support_report(after, "in", thr)}
+        if self.log.enabled and self.log.path.is_file():  # the warm-up's epoch losses
+            losses = [r["train_loss"] for r in read_sparsity(self.log.path)
+                      if 0 < r["epoch"] <= warm_up + 1 and r.get("train_loss") is not None]
+            out["warmup"] = warmup_stall(losses)
+            out["stable"] = out["stable"] and not out["warmup"]["stalled"]
+        return out
 
 
 @torch.no_grad()
@@ -244,12 +260,14 @@ class SparsityLog:
                 w.writeheader()
             w.writerow(row)
 
-    def write(self, epoch: float, step: int, model: nn.Module, opt: Any) -> None:
-        """Log the sparsity of ``model`` (and the spike fraction of ``opt``) now."""
+    def write(self, epoch: float, step: int, model: nn.Module, opt: Any,
+              loss: float | None = None) -> None:
+        """Log the sparsity of ``model`` (and the spike fraction of ``opt``, and the epoch's
+        mean training loss when given) now."""
         if not self.enabled:
             return
         row = {"epoch": round(float(epoch), 4), "step": step, "sparsity": sparsity(model),
-               "spike": _spike_fraction(opt)}
+               "spike": _spike_fraction(opt), "train_loss": "" if loss is None else loss}
         row.update({f"sparsity.{k}": v for k, v in layer_sparsity(model).items()})
         self._append(row)
 
@@ -263,7 +281,8 @@ def read_sparsity(path: str | Path) -> list[dict[str, float]]:
     if path.is_dir():
         path = path / "sparsity.csv"
     with path.open() as fh:
-        rows = [{k: float(v) for k, v in r.items()} for r in csv.DictReader(fh)]
+        rows = [{k: float(v) if v != "" else None for k, v in r.items()}
+                for r in csv.DictReader(fh)]
     for r in rows:
         r["step"] = int(r["step"])
     return rows

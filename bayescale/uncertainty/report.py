@@ -229,8 +229,14 @@ def _support_section(run_dir: Path) -> str:
         return ""
     s = json.loads(path.read_text())
     freq = s.get("inclusion_frequency", [])
+    warm = s.get("warmup") or {}
     verdict = ("stable: every group is kept in (nearly) all samples or (nearly) none"
-               if s.get("stable") else "UNSTABLE: the chain did not settle on one support; "
+               if s.get("stable") else
+               "UNSTABLE: the dense warm-up lost its fit before the first E-step (a loss spike: "
+               "its last epoch ended above an earlier low), so what it pruned was decided on a "
+               "broken net; do not trust this selection (rerun with another seed or a smaller "
+               "sghmc step size)" if warm.get("stalled") else
+               "UNSTABLE: the chain did not settle on one support; "
                "do not trust this selection (train longer, or compare seeds)")
     head = _kv([("verdict", verdict), ("weight", s.get("param")),
                 ("samples after the warm-up", s.get("samples")),
@@ -239,7 +245,10 @@ def _support_section(run_dir: Path) -> str:
                  s.get("num_undecided")),
                 ("lowest frequency among the selected", s.get("min_selected_freq")),
                 ("highest frequency among the rest", s.get("max_rejected_freq")),
-                ("E-step threshold (mean w^2)", s.get("threshold"))])
+                ("E-step threshold (mean w^2)", s.get("threshold")),
+                *([("warm-up training loss: lowest (epoch) / last",
+                    f"{warm['min_loss']:.4g} ({warm['min_epoch']}) / {warm['end_loss']:.4g}")]
+                  if warm.get("min_loss") is not None else [])])
     shown = sorted((i for i, f in enumerate(freq) if f > 0), key=lambda i: -freq[i])[:50]
     rows = [(i, freq[i], "selected" if freq[i] >= 0.5 else "rejected") for i in shown]
     return head + (_table(("input group", "inclusion frequency", ""), rows) if rows else "")

@@ -371,10 +371,10 @@ def test_train_cli_sghmc_prunes_samples_and_resumes_exactly(tmp_path, monkeypatc
                                          "output.name=b"])
     after_step = KeFanTraining.after_step
 
-    def crash_at_25(self, step):
+    def crash_at_25(self, step, loss=None):
         if step == 25:
             raise KeyboardInterrupt("simulated crash")
-        after_step(self, step)
+        after_step(self, step, loss)
 
     monkeypatch.setattr(KeFanTraining, "after_step", crash_at_25)
     with pytest.raises(KeyboardInterrupt):

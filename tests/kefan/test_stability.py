@@ -89,3 +89,25 @@ def test_pruned_signal_score_test():
     assert pruned_signal(g, torch.ones(12, dtype=torch.bool))["max_ratio"] is None
     with pytest.raises(ValueError, match="column"):
         pruned_signal(g, kept[:5])
+
+
+def test_warmup_stall_closed_form():
+    from bayescale.kefan.stability import warmup_stall
+
+    # the failed interaction run without the spike guard: a low of 2.30 at epoch 46, then
+    # a spike and a plateau at 3.456 to the end of the warm-up
+    stalled = [4.14, 3.54, 3.09, 2.74, 2.30, 4.21, 3.65, 3.457, 3.456, 3.456]
+    out = warmup_stall(stalled)
+    assert out == {"stalled": True, "end_loss": 3.456, "min_loss": 2.30, "min_epoch": 4,
+                   "epochs": 10}
+    healthy = [4.1, 2.9, 2.2, 2.4, 1.7, 1.2, 1.0]  # noisy at the peak, lowest at the end
+    assert warmup_stall(healthy)["stalled"] is False
+    # the tolerance is relative to the low: 5% above it passes, just over does not
+    assert warmup_stall([1.0, 1.05])["stalled"] is False
+    assert warmup_stall([1.0, 1.0501])["stalled"] is True
+    assert warmup_stall([1.0, 1.2], tol=0.25)["stalled"] is False
+    # non-finite epochs are skipped; fewer than two finite ones decide nothing
+    assert warmup_stall([float("nan"), 2.0, 1.0])["stalled"] is False
+    assert warmup_stall([3.0])["stalled"] is False and warmup_stall([])["epochs"] == 0
+    with pytest.raises(ValueError, match="tol"):
+        warmup_stall([1.0, 2.0], tol=-0.1)

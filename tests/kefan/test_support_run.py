@@ -22,13 +22,23 @@ def test_default_preset_run_writes_support_and_report_shows_it(tmp_path):
     res = train(cfg)
     run = tmp_path / "a"
     s = json.loads((run / "support.json").read_text())
-    # warm-up = one cycle = 3 epochs; the E-step runs from epoch 4 (0-based 3): the 2 samples
+    # warm-up = one cycle (warm_up 3: the E-step runs from 0-based epoch 4): the 2 samples
     # of the second cycle (epoch ends 5 and 6) come after it
     assert s["samples"] == 2 and s["param"] == "fc1.weight"
     freq = s["inclusion_frequency"]
     assert s["num_selected"] == sum(f >= 0.5 for f in freq)
     assert s["num_undecided"] == sum(0.1 < f < 0.9 for f in freq)
     assert res["bma_eval"]["support"]["num_selected"] == s["num_selected"]
+    # the warm-up verdict reads the epochs' mean training losses that sparsity.csv records
+    with open(run / "sparsity.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows[0]["train_loss"] == "" and all(float(r["train_loss"]) > 0 for r in rows[1:])
+    # warm_up = 3: epochs 0..3 (0-based) run dense, the E-step first runs as epoch 4 starts
+    warm = [float(r["train_loss"]) for r in rows[1:5]]
+    assert s["warmup"]["epochs"] == 4 and s["warmup"]["end_loss"] == warm[-1]
+    assert s["warmup"]["min_loss"] == min(warm)
+    assert s["stable"] == (s["num_undecided"] == 0 and s["num_selected"] > 0
+                           and not s["warmup"]["stalled"])
     with open(run / "train.csv") as fh:
         lrs = [float(r["lr"]) for r in csv.DictReader(fh)]
     assert 1.5 * 0.05 < max(lrs) <= 4 * 0.05 + 1e-12  # h0 x after_factor (4) at most
@@ -42,3 +52,10 @@ def test_default_preset_run_writes_support_and_report_shows_it(tmp_path):
     (run / "support.json").write_text(json.dumps(bad))
     html = write_report(run, tmp_path / "bad.html").read_text()
     assert "UNSTABLE" in html and "do not trust this selection" in html
+    # a warm-up that lost its fit is named as such
+    stalled = {**bad, "undecided": [], "num_undecided": 0, "stable": False,
+               "warmup": {"stalled": True, "end_loss": 3.456, "min_loss": 2.3, "min_epoch": 46,
+                          "epochs": 300}}
+    (run / "support.json").write_text(json.dumps(stalled))
+    html = write_report(run, tmp_path / "stalled.html").read_text()
+    assert "dense warm-up lost its fit" in html and "2.3 (46) / 3.456" in html
