@@ -237,10 +237,16 @@ _STUDY_HEADER = ["method", "seeds", "accuracy (%)", "NLL", "Brier", "ECE", "AURC
                  "OOD AUROC (score)", "shift ECE", "train s", "infer s", "T"]
 
 
+# the study's methods (study_methods.SECTIONS; not imported here: it needs torch)
+STUDY_METHODS = ("deterministic", "temperature_scaled", "bnn", "mc_dropout", "sghmc_bma",
+                 "deep_ensemble", "ivon")
+
+
 def uncertainty_study(d: dict) -> str:
     cfg = d["provenance"]["config"]
     note = (f"\n\n<sub>{cfg['epochs']} epochs, {cfg['train_size']:,} training images; "
-            f"mean ± sd over seeds; {len(d['methods'])} of 6 methods done</sub>")
+            f"mean ± sd over seeds; {len(d['methods'])} of {len(STUDY_METHODS)} methods "
+            "done</sub>")
     return _table(_STUDY_HEADER, _study_rows(d["methods"])) + note + _stamp(d)
 
 
