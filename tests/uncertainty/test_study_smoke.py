@@ -109,3 +109,10 @@ def test_targets_read_the_ivon_row_against_the_twin():
     assert not out["ivon accuracy >= twin - 0.5 pt"] and not out["ivon train_s <= 1.3 x twin"]
     assert not out["ivon nll <= twin"] and out["ivon ece <= twin"]
     assert "ivon nll <= twin" not in SR.targets("mnist", {"ivon": good}, None)
+
+
+def test_the_tables_count_the_study_methods():
+    import tables
+
+    for dataset, sections in SM.SECTIONS.items():
+        assert set(next(iter(sections.values()))) == set(tables.STUDY_METHODS), dataset
