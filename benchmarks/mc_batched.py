@@ -54,13 +54,24 @@ def _kb(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def _measure(fn) -> tuple[Any, dict[str, float]]:
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM
-    before = _kb("VmRSS")
+def _measure(fn, device: torch.device) -> tuple[Any, dict[str, float]]:
+    """Wall and process CPU seconds of ``fn()``, and its peak memory growth: resident memory
+    on the CPU, allocated device memory on CUDA (synchronized before and after)."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device) / 1024
+    else:
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM
+        before = _kb("VmRSS")
     w0, c0 = time.perf_counter(), time.process_time()
     out = fn()
+    if cuda:
+        torch.cuda.synchronize(device)
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
-    return out, {"wall_s": wall, "cpu_s": cpu, "peak_growth_mb": (_kb("VmHWM") - before) / 1024}
+    peak = torch.cuda.max_memory_allocated(device) / 1024 if cuda else _kb("VmHWM")
+    return out, {"wall_s": wall, "cpu_s": cpu, "peak_growth_mb": (peak - before) / 1024}
 
 
 def _model(name: str, args: argparse.Namespace) -> tuple[torch.nn.Module, torch.Tensor,
@@ -95,7 +106,8 @@ def _model(name: str, args: argparse.Namespace) -> tuple[torch.nn.Module, torch.
         model = build_model(cfg)
         test = load_data(cfg, model_spec(cfg.model.name).input_shape).test
     torch.set_num_threads(args.threads)
-    return model.eval(), test.x[:n], test.y[:n], meta
+    dev = torch.device(args.device)
+    return model.eval().to(dev), test.x[:n].to(dev), test.y[:n].to(dev), meta
 
 
 def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -103,8 +115,10 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     _, _, n, t, _ = CASES[name]
     n = len(x)
     bs = args.batch_size
-    k = auto_draws_per_pass(model, t - 1, bs)
-    plain = bayescale.get_model(name, bayesian=False).eval()
+    dev = torch.device(args.device)
+    budget = int(args.memory_budget_mb * 2**20) if args.memory_budget_mb else None
+    k = auto_draws_per_pass(model, t - 1, bs, budget)
+    plain = bayescale.get_model(name, bayesian=False).eval().to(dev)
     sides = {"loop": 1, "batched": k, "auto": "auto"}
     wall: dict[str, list[dict]] = {s: [] for s in sides}
     means: dict[str, torch.Tensor] = {}
@@ -113,7 +127,11 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
     def mc(side: str):
         torch.manual_seed(args.seed)
         return bayescale.mc_predict(model, x, t, batch_size=bs, draws_per_pass=sides[side],
-                                    return_info=True)
+                                    memory_budget=budget, return_info=True)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
 
     with bench_lock():
         bayescale.mc_predict(model, x[:bs], 2, batch_size=bs)  # warm-up
@@ -121,26 +139,31 @@ def bench_model(name: str, args: argparse.Namespace) -> dict[str, Any]:
             plain(x[:bs])
             plain_s = []
             for _ in range(args.plain_reps):
+                sync()
                 w0 = time.perf_counter()
                 for i in range(0, n, bs):
                     plain(x[i:i + bs])
+                sync()
                 plain_s.append(time.perf_counter() - w0)
         names = list(sides)
         for r in range(args.rounds):
             for side in names[r % 3:] + names[:r % 3]:
-                (probs, inf), m = _measure(lambda side=side: mc(side))
+                (probs, inf), m = _measure(lambda side=side: mc(side), dev)
                 wall[side].append(m)
                 means[side], info[side] = probs, inf
                 print(f"{name:18s} {side:7s} T={t} {m['wall_s']:8.2f} s  peak +"
                       f"{m['peak_growth_mb']:.0f} MB  K={inf.draws_per_pass}", flush=True)
         torch.manual_seed(args.seed)
         (ad, ad_info), ad_m = _measure(lambda: bayescale.mc_predict(
-            model, x, "auto", batch_size=bs, max_samples=t, return_info=True))
+            model, x, "auto", batch_size=bs, max_samples=t, memory_budget=budget,
+            return_info=True), dev)
     med = {s: summary([m["wall_s"] for m in wall[s]])["median_s"] for s in sides}
     plain_pass = summary(plain_s)["median_s"]
     ref = means["loop"]
     row = {
-        "name": "batched", "model": name, "data": CASES[name][1], "num_inputs": n,
+        "name": "batched", "model": name, "device": str(dev),
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        "memory_budget_mb": args.memory_budget_mb, "data": CASES[name][1], "num_inputs": n,
         "num_samples": t, "batch_size": bs, "draws_per_pass": k, "rounds": args.rounds,
         "auto_draws_per_pass": info["auto"].draws_per_pass, **meta,
         "sides": {s: {"median_s": med[s], "calls": wall[s]} for s in sides},
@@ -211,6 +234,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--plain-reps", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (the GPU check of the "
+                   "batched draws: --device cuda)")
+    p.add_argument("--memory-budget-mb", type=float, default=None,
+                   help="memory for the K stacked weight draws (default: mc_predict's 256 MiB)")
     p.add_argument("--quickstart", action="store_true",
                    help="instead: the quickstart's evaluation, fixed T = 100 against auto")
     p.add_argument("--out", default=str(results_path("mc_predict.json")))
@@ -226,7 +253,11 @@ def main(argv: list[str] | None = None) -> None:
         write_json(out, old)
         print(f"wrote {out}")
         return
-    rows = [r for r in old.get("batched", []) if r["model"] not in args.models]
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: torch {torch.__version__} sees no CUDA "
+                         "device; run on a GPU machine or use --device cpu")
+    rows = [r for r in old.get("batched", []) if r["model"] not in args.models
+            or r.get("device", "cpu") != args.device]
     for name in args.models:
         rows.append(bench_model(name, args))
         old["batched"] = rows

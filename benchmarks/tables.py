@@ -322,7 +322,7 @@ def mc_batched(d: dict) -> str:
     rows = []
     for r in d.get("batched", []):
         sd, a, t = r["sides"], r["adaptive"], r["num_samples"]
-        rows.append([f"`{r['model']}`", f"{r['num_inputs']:,}", t,
+        rows.append([f"`{r['model']}`", r.get("device_name", "cpu"), f"{r['num_inputs']:,}", t,
                      f"{r['plain_pass_s']:.2f}", f"{sd['loop']['median_s']:.1f}",
                      f"{sd['batched']['median_s']:.1f} (K = {r['draws_per_pass']})",
                      f"{sd['auto']['median_s']:.1f} (K = {r['auto_draws_per_pass']})",
@@ -335,7 +335,7 @@ def mc_batched(d: dict) -> str:
                      f"{a['num_samples']}: {a['nll']:.4f} vs {a[f'nll_T{t}']:.4f} "
                      f"({100 * a['nll_rel_diff']:.2f}%)"])
     p = d.get("batched_provenance", {})
-    out = _table(["model", "inputs", "T", "plain pass (s)", "loop (s)", "batched (s)",
+    out = _table(["model", "device", "inputs", "T", "plain pass (s)", "loop (s)", "batched (s)",
                   "auto (s)", "batched speed-up (CPU time)", "auto speed-up (CPU time)",
                   "auto: plain passes / draw",
                   "peak MB loop / batched", "max abs diff vs loop",
