@@ -20,11 +20,12 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = ["GROUPINGS", "group_view", "num_groups", "expand_group_mask", "group_mean_square",
            "group_range", "group_snr", "spike_slab_estep", "spike_slab_threshold",
-           "hard_prune_groups", "group_is_zero", "noise_floor_threshold"]
+           "hard_prune_groups", "group_is_zero", "noise_floor_threshold", "sparsity",
+           "layer_sparsity"]
 
 GROUPINGS = ("out", "in", "kernel")
 
@@ -155,3 +156,25 @@ def hard_prune_groups(w: Tensor, grouping: str, hard_threshold: float,
 def group_is_zero(w: Tensor, grouping: str) -> Tensor:
     """True for each group whose weights are all exactly zero (a removed unit/channel)."""
     return ~group_view(w, grouping).ne(0).any(dim=1)
+
+
+@torch.no_grad()
+def sparsity(model: nn.Module) -> float:
+    """Fraction of exactly-zero entries over all parameters (Ke & Fan's ``count_sparsity``)."""
+    zeros = total = 0
+    for p in model.parameters():
+        zeros += int((p == 0).sum())
+        total += p.numel()
+    return zeros / max(1, total)
+
+
+@torch.no_grad()
+def layer_sparsity(model: nn.Module) -> dict[str, float]:
+    """Zero fraction of each module's own parameters (modules without parameters left out)."""
+    out = {}
+    for name, m in model.named_modules():
+        ps = list(m.parameters(recurse=False))
+        if ps:
+            out[name or "model"] = (sum(int((p == 0).sum()) for p in ps)
+                                    / sum(p.numel() for p in ps))
+    return out
