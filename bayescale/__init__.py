@@ -33,7 +33,8 @@ from .nn.elbo import (
     kl_weight_blundell,
     kl_weight_linear,
 )
-from .nn.layers import ESTIMATORS, BayesianLayer, BayesLinear
+from .nn.layers import ESTIMATORS, BayesianLayer
+from .nn.linear import BayesLinear
 from .nn.posterior import ParamPosterior
 from .nn.priors import (
     INIT_PRESETS,

@@ -25,8 +25,8 @@ from .elbo import (
 from .layers import (
     ESTIMATORS,
     BayesianLayer,
-    BayesLinear,
 )
+from .linear import BayesLinear
 from .posterior import ParamPosterior
 from .priors import (
     INIT_PRESETS,

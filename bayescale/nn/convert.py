@@ -15,7 +15,8 @@ from collections.abc import Callable, Mapping
 from torch import nn
 
 from .conv import BayesConv1d, BayesConv2d, BayesConv3d
-from .layers import BayesianLayer, BayesLinear
+from .layers import BayesianLayer
+from .linear import BayesLinear
 from .priors import PosteriorInit, Prior
 
 __all__ = ["DEFAULT_MAPPING", "bayesianize"]

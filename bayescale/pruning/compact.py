@@ -37,7 +37,8 @@ from torch import Tensor, nn
 
 from ..kefan.groups import expand_group_mask, group_is_zero, group_snr
 from ..nn.conv import _BayesConvNd
-from ..nn.layers import BayesianLayer, BayesLinear
+from ..nn.layers import BayesianLayer
+from ..nn.linear import BayesLinear
 from ..nn.sampling import mean_weights
 from .bprune import masks_from_scores
 

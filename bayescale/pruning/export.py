@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..nn.conv import _BayesConvNd
-from ..nn.layers import BayesianLayer, BayesLinear
+from ..nn.layers import BayesianLayer
+from ..nn.linear import BayesLinear
 from .compact import posterior_mean_model
 
 __all__ = ["SampledLayer", "sampling_model", "export_torchscript", "export_onnx", "check_onnx"]

@@ -25,7 +25,8 @@ import torch
 from torch import Tensor, nn
 
 from ..kefan.groups import expand_group_mask, group_snr
-from ..nn.layers import BayesianLayer, BayesLinear
+from ..nn.layers import BayesianLayer
+from ..nn.linear import BayesLinear
 from ..nn.sampling import mean_weights
 
 __all__ = ["graph_prune", "bayes_pruners"]
