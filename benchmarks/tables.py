@@ -368,6 +368,7 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "ivon_steps_1thread": ("ivon_steps_1thread", ivon_steps),
     "ivon_prune": ("prune_accuracy", ivon_prune),
     "kefan_robustness": ("kefan_robustness", kefan_robustness),
+    "kefan_robustness_heldout": ("kefan_robustness_heldout", kefan_robustness),
     "kefan_robustness_headline": ("kefan_robustness", kefan_robustness_headline),
     "uncertainty_study_mnist": ("uncertainty_study_mnist", uncertainty_study),
     "uncertainty_study_mnist_fc": ("uncertainty_study_mnist", uncertainty_study_fc),
