@@ -46,7 +46,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # running average, so that one loss spike at the peak step size cannot kill a narrow
     # layer's units (docs/kefan.md, the robustness study)
     "robust": dict(betas=(0.1, 1.0), eps1=2e-4, eps0=1.0, soft_threshold=1e-3,
-                   rel_threshold=10.0, hard_threshold=1e-3, warm_up=50,
+                   rel_threshold=8.0, hard_threshold=1e-3, warm_up=50,
                    temperature="1/sqrt(N)", eta=0.1, group="fc", cycles=4, h0=0.03, h0_bce=0.3,
                    ramp=0.1, warm_up_cycles=1.0, after_factor=4.0, spike_clip=3.0),
 }
