@@ -116,3 +116,12 @@ def test_the_tables_count_the_study_methods():
 
     for dataset, sections in SM.SECTIONS.items():
         assert set(next(iter(sections.values()))) == set(tables.STUDY_METHODS), dataset
+
+
+def test_plan_runs_three_seeds_on_mnist_and_one_on_cifar10():
+    mnist = US.plan("mnist", ["deterministic", "bnn", "ivon"], None)
+    assert sorted(s for sec, m, s in mnist if (sec, m) == ("conv", "deterministic")) == [0, 1, 2]
+    assert [s for sec, m, s in mnist if m == "ivon"] == [0]
+    cifar = US.plan("cifar10", ["deterministic", "bnn", "ivon"], None)
+    assert sorted(cifar) == [("vgg3", "bnn", 0), ("vgg3", "deterministic", 0), ("vgg3", "ivon", 0)]
+    assert {s for _, _, s in US.plan("cifar10", ["bnn"], [0, 3])} == {0, 3}
