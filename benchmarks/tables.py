@@ -297,6 +297,15 @@ def kefan_robustness(d: dict) -> str:
                    "flagged unstable", "target met"], rows) + _stamp(d)
 
 
+def kefan_robustness_timing(d: dict) -> str:
+    rows = [[name, t["seed"], t["epochs"], f"{t['steps']:,}", f"{t['seconds']:.1f}",
+             f"{t['ms_per_step']:.2f}", _met(t["reproduces_study_run"])]
+            for name, t in d.get("timing", {}).items()]
+    return _table(["problem", "seed", "epochs", "steps", "seconds (under the lock)", "ms / step",
+                   "same selection and metric as the study run"], rows) if rows else \
+        "(not timed yet)"
+
+
 def kefan_robustness_headline(d: dict) -> str:
     probs = d["problems"].values()
     pre = next(iter(probs))["preset"]
@@ -369,6 +378,7 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "ivon_prune": ("prune_accuracy", ivon_prune),
     "kefan_robustness": ("kefan_robustness", kefan_robustness),
     "kefan_robustness_heldout": ("kefan_robustness_heldout", kefan_robustness),
+    "kefan_robustness_timing": ("kefan_robustness", kefan_robustness_timing),
     "kefan_robustness_headline": ("kefan_robustness", kefan_robustness_headline),
     "uncertainty_study_mnist": ("uncertainty_study_mnist", uncertainty_study),
     "uncertainty_study_mnist_fc": ("uncertainty_study_mnist", uncertainty_study_fc),
