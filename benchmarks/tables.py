@@ -297,6 +297,15 @@ def kefan_robustness(d: dict) -> str:
                    "flagged unstable", "target met"], rows) + _stamp(d)
 
 
+def bnn_recipe(d: dict) -> str:
+    rows = [[f"`{name}`", " ".join(f"`{o}`" for o in v["overrides"]) or "—",
+             f"{100 * v['accuracy']:.2f}", f"{v['nll']:.4f}", f"{v['ece']:.4f}",
+             f"{v['ood_auroc']:.3f} ({v['ood_score']})", f"{v['shift_ece']:.4f}"]
+            for name, v in d.get("variants", {}).items()]
+    return _table(["variant", "overrides of `mnist_bnn_conv_flip`", "accuracy (%)", "NLL", "ECE",
+                   "OOD AUROC (score)", "shift ECE"], rows) + _stamp(d)
+
+
 def kefan_robustness_timing(d: dict) -> str:
     rows = [[name, t["seed"], t["epochs"], f"{t['steps']:,}", f"{t['seconds']:.1f}",
              f"{t['ms_per_step']:.2f}", _met(t["reproduces_study_run"])]
@@ -379,6 +388,7 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "kefan_robustness": ("kefan_robustness", kefan_robustness),
     "kefan_robustness_heldout": ("kefan_robustness_heldout", kefan_robustness),
     "kefan_robustness_timing": ("kefan_robustness", kefan_robustness_timing),
+    "bnn_recipe": ("bnn_recipe_mnist", bnn_recipe),
     "kefan_robustness_headline": ("kefan_robustness", kefan_robustness_headline),
     "uncertainty_study_mnist": ("uncertainty_study_mnist", uncertainty_study),
     "uncertainty_study_mnist_fc": ("uncertainty_study_mnist", uncertainty_study_fc),
