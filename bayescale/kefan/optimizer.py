@@ -353,30 +353,27 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
             for p in g["params"]:
                 if p.grad is not None and p.grad.is_sparse:
                     raise RuntimeError("SGHMCSpikeSlab does not support sparse gradients")
+        masks = {p: self.hard_mask(p) for g in self.param_groups for p in g["params"]
+                 if p.grad is not None}  # fixed until the next E-step: computed once per step
         if self.spike_clip > 0:
-            self._clip_spike()
+            self._clip_spike(masks)
         for g in self.param_groups:
             for p in g["params"]:
                 if p.grad is not None:
-                    self._update(p, g)
+                    self._update(p, g, masks[p])
         return loss
 
-    def _clip_spike(self) -> None:
+    def _clip_spike(self, masks: dict[Tensor, Tensor | None]) -> None:
         """Rescale the gradient to norm <= ``spike_clip`` x its running average (the
         ``spike_clip`` argument); pruned weights are left out of the norm. Under
         data-parallel training the gradients are all-reduced already, so every rank decides
         alike."""
-        norms: list[Tensor] = []
-        for g in self.param_groups:
-            for p in g["params"]:
-                if p.grad is None:
-                    continue
-                mask = self.hard_mask(p)
-                grad = p.grad if mask is None else p.grad * mask
-                norms.append(torch.linalg.vector_norm(grad.float()).cpu())
+        norms = [torch.linalg.vector_norm((p.grad if m is None else p.grad * m).float())
+                 for p, m in masks.items()]
         if not norms:
             return
-        norm = float(torch.linalg.vector_norm(torch.stack(norms)))
+        dev = norms[0].device  # one host sync for the whole norm
+        norm = float(torch.linalg.vector_norm(torch.stack([n.to(dev) for n in norms])))
         avg = self.grad_norm_avg
         if not math.isfinite(norm):
             return  # left to the update (a NaN loss is the training loop's to report)
@@ -391,7 +388,7 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
         self.grad_norm_avg = norm if avg is None else (
             SPIKE_CLIP_BETA * avg + (1 - SPIKE_CLIP_BETA) * norm)
 
-    def _update(self, p: Tensor, g: dict[str, Any]) -> None:
+    def _update(self, p: Tensor, g: dict[str, Any], mask: Tensor | None) -> None:
         """The spec's update, in place on the state (no weight-sized temporaries except the
         1/sqrt(tau) of ``"untempered"``): xi_prev and tau serve as scratch before they are
         redrawn / recomputed."""
@@ -430,8 +427,7 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
         else:
             r.add_(xi, alpha=math.sqrt(2 + 2 * b1**2) * h**0.75 * _spec_t(g["temperature"], n))
         p.addcmul_(tau, r)
-        mask = self.hard_mask(p)
-        if mask is not None:
+        if mask is not None:  # this step's hard mask (step() computes it once)
             p.mul_(mask)
 
 
