@@ -42,6 +42,10 @@ def variants(steps: int) -> dict[str, list[str]]:
         "tfp_vgg_init": ["model.init=tfp_vgg"],  # small initial sigma (TFP's VGG init)
         "cosine_lr": ["schedule.name=cosine"],
         "lr_3e-3_cosine": ["optim.lr=3e-3", "schedule.name=cosine"],
+        # on top of the best so far (cosine): which layers are Bayesian, draws per step
+        "cosine_all_bayesian": ["schedule.name=cosine", "model.bayesian_layers=all"],
+        "cosine_last_layer": ["schedule.name=cosine", "model.bayesian_layers=last"],
+        "cosine_mc2": ["schedule.name=cosine", "train.mc_samples=2"],
     }
 
 

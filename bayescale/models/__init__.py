@@ -18,13 +18,13 @@ non-trainable moving mean/variance) and are not counted.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from torch import nn
 
-from ..nn.convert import bayesianize
+from ..nn.convert import DEFAULT_MAPPING, bayesianize
 from ..nn.layers import ESTIMATORS
 from ..nn.priors import PosteriorInit, Prior
 from .resnet import resnet18, resnet18_tfp
@@ -118,6 +118,7 @@ def get_model(
     estimator: str | None = None,
     prior: Prior | str | None = None,
     init: PosteriorInit | str | None = None,
+    layers: str | Sequence[str] | None = None,
     num_classes: int = 10,
     **kwargs: Any,
 ) -> nn.Module:
@@ -130,6 +131,9 @@ def get_model(
         estimator: ``"flipout"``, ``"reparam"`` or ``"local"`` (default: the name's).
         prior: prior of the Bayesian layers (default N(0, 1)).
         init: posterior init (default: the name's, e.g. ``"tfp_vgg"`` for the TFP models).
+        layers: which layers become Bayesian: ``None`` the name's default (the seed models keep
+            some layers deterministic), ``"all"`` every Linear/Conv, ``"last"`` only the last one
+            (the classifier: a last-layer BNN), or a list of qualified module names.
         num_classes: logits width.
         **kwargs: builder arguments, e.g. ``projection_all=False`` for ``resnet18_tfp``.
 
@@ -144,8 +148,29 @@ def get_model(
         return model
     return bayesianize(
         model, estimator=estimator or spec.estimator, prior=prior,
-        init=spec.init if init is None else init, include=spec.include, inplace=True,
+        init=spec.init if init is None else init, include=_layers(model, spec, layers),
+        inplace=True,
     )
+
+
+def _layers(model: nn.Module, spec: ModelSpec, layers: str | Sequence[str] | None
+            ) -> Include | None:
+    """The ``include`` predicate of ``get_model(layers=...)``; unknown names raise."""
+    if layers is None:
+        return spec.include
+    if layers == "all":
+        return None
+    names = [n for n, m in model.named_modules() if type(m) in DEFAULT_MAPPING]
+    if layers == "last":
+        return _only(names[-1])
+    if isinstance(layers, str):
+        raise ValueError(f"layers must be None, 'all', 'last' or a list of layer names, "
+                         f"got {layers!r}")
+    unknown = [n for n in layers if n not in names]
+    if unknown or not layers:
+        raise ValueError(f"layers {list(layers)!r}: {unknown or 'empty'} not convertible; "
+                         f"the model's Linear/Conv layers are {names}")
+    return _only(*layers)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -42,6 +42,9 @@ class ModelConfig:
         None, "Bayesian-layer estimator (default: the model's)")
     init: str | None = _opt(None, "posterior init preset: tutorial | tfp_vgg (default: model's)")
     prior_std: float = _opt(1.0, "std of the N(0, s^2) weight prior")
+    bayesian_layers: str | list[str] | None = _opt(
+        None, "which layers are Bayesian: all | last (the classifier only) | a list of layer "
+              "names (default: the model's, e.g. BNN_conv_flip: conv)")
     dropout: float = _opt(0.0, "dropout rate before the classifier layer (seed models); sample "
                                "it at test time for MC dropout (bayescale.uncertainty.mc_dropout)")
 
@@ -75,6 +78,8 @@ class TrainConfig:
     threads: int | None = _opt(None, "torch threads per worker (default: cores / local workers)")
     malloc_tuning: bool = _opt(True, "glibc: keep freed memory for reuse (large CPU tensors "
                                      "otherwise cost page faults on every step)")
+    mc_samples: int = _opt(1, "ELBO Monte Carlo draws per step (Bayesian layers or dropout; "
+                              "each its own forward and backward; IVON: ivon.mc_samples)")
     log_every: int = _opt(10, "steps between training-metric rows")
     checkpoint_every: int = _opt(0, "steps between checkpoints (0: at each epoch end only)")
     keep_checkpoints: int = _opt(2, "checkpoints kept (checkpoint.pt, checkpoint.1.pt, ...); a "
@@ -337,6 +342,7 @@ def _check_values(cfg: Config) -> None:
                           f"got {name!r}; put the parent directory in output.dir")
     positive = {"train.batch_size": cfg.train.batch_size, "eval.samples": cfg.eval.samples,
                 "eval.batch_size": cfg.eval.batch_size, "train.log_every": cfg.train.log_every,
+                "train.mc_samples": cfg.train.mc_samples,
                 "train.keep_checkpoints": cfg.train.keep_checkpoints}
     for key, v in positive.items():
         if v < 1:
@@ -351,6 +357,13 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"kl.weight must be >= 0, got {cfg.kl.weight}")
     if not 0.0 <= cfg.model.dropout < 1.0:
         raise ConfigError(f"model.dropout must be in [0, 1), got {cfg.model.dropout}")
+    if cfg.train.mc_samples > 1 and cfg.optim.name == "ivon":
+        raise ConfigError("train.mc_samples draws the Bayesian layers' noise; IVON draws its "
+                          "own: set ivon.mc_samples instead (and train.mc_samples=1)")
+    if isinstance(cfg.model.bayesian_layers, str) and cfg.model.bayesian_layers not in (
+            "all", "last"):
+        raise ConfigError(f"model.bayesian_layers must be all, last or a list of layer names, "
+                          f"got {cfg.model.bayesian_layers!r}")
     if len(cfg.optim.betas) != 2:
         raise ConfigError(f"optim.betas needs two numbers, got {cfg.optim.betas}")
     k = cfg.sghmc

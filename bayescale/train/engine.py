@@ -87,6 +87,10 @@ def _get(d: dict, dotted: str) -> Any:
 
 def _check_resume(ckpt: dict, cfg: Config, world: int) -> None:
     old, new = ckpt["config"], config_to_dict(cfg)
+    try:  # keys added to the config since the checkpoint was written take their defaults
+        old = config_to_dict(config_from_dict(old))
+    except Exception:  # noqa: BLE001 - an unreadable old config is compared as written
+        pass
     changed = [k for k in _IDENTITY if _get(old, k) != _get(new, k)]
     if changed:
         diffs = "; ".join(f"{k}: {_get(old, k)!r} -> {_get(new, k)!r}" for k in changed)
@@ -187,6 +191,10 @@ class _Trainer:
             KF.check_model(self.base)
         if cfg.optim.name == "ivon":  # IVON's posterior is over plain weights
             IV.check_model(self.base, f"model {cfg.model.name}")
+        if t.mc_samples > 1 and not (bayesian_layers(self.base) or cfg.model.dropout):
+            raise ValueError(f"train.mc_samples={t.mc_samples} averages the ELBO over weight "
+                             f"draws, but model {cfg.model.name} has no Bayesian layer or dropout "
+                             "to draw: set train.mc_samples=1 (IVON: ivon.mc_samples)")
         self.opt = build_optimizer(cfg.optim, self.base.parameters(), self.base_lr,
                                    sghmc=cfg.sghmc, ivon=cfg.ivon, num_train=self.num_train,
                                    seed=t.seed)
@@ -310,8 +318,8 @@ class _Trainer:
                 xb = xb.to(self.device, non_blocking=True)
                 yb = yb.to(self.device, non_blocking=True)
                 self.opt.zero_grad(set_to_none=True)
-                n_draws = IV.num_draws(self.opt)
-                for draw in IV.draws(self.opt):  # IVON: mc_samples posterior draws, else one
+                n_draws = IV.num_draws(self.opt) * t.mc_samples
+                for draw in IV.draws(self.opt, t.mc_samples):  # IVON's draws, or the layers'
                     with draw:
                         with torch.autocast(self.device.type, dtype=dtype,
                                             enabled=dtype is not None):

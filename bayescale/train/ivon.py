@@ -50,12 +50,14 @@ def build_ivon(params: Iterable[nn.Parameter], lr: float, cfg: IVONConfig, num_t
                 clip_radius=cfg.clip_radius, rescale_lr=cfg.rescale_lr, distributed=distributed)
 
 
-def draws(opt: torch.optim.Optimizer) -> Iterator[contextlib.AbstractContextManager[None]]:
-    """The contexts of one step's forward/backward passes: ``mc_samples`` IVON draws, or one
-    no-op for the other optimizers. Scale each pass's loss by 1/len(...)."""
+def draws(opt: torch.optim.Optimizer, layer_draws: int = 1
+          ) -> Iterator[contextlib.AbstractContextManager[None]]:
+    """The contexts of one step's forward/backward passes: ``mc_samples`` IVON draws, or
+    ``layer_draws`` no-ops for the other optimizers (each forward then draws the Bayesian
+    layers' own noise: ``train.mc_samples``). Scale each pass's loss by 1/len(...)."""
     if isinstance(opt, IVON):
         return iter([opt.sampled_params(train=True) for _ in range(opt.mc_samples)])
-    return iter([contextlib.nullcontext()])
+    return iter([contextlib.nullcontext() for _ in range(layer_draws)])
 
 
 def num_draws(opt: torch.optim.Optimizer) -> int:

@@ -40,8 +40,8 @@ def build_model(cfg: Config, num_classes: int | None = None) -> nn.Module:
                              f"CIFAR10_BNN_model), not {m.name!r}; set model.dropout=0")
         extra["dropout"] = m.dropout
     return get_model(m.name, bayesian=m.bayesian, estimator=m.estimator, init=m.init,
-                     prior=GaussianPrior(0.0, m.prior_std), num_classes=num_classes or 10,
-                     **extra)
+                     layers=m.bayesian_layers, prior=GaussianPrior(0.0, m.prior_std),
+                     num_classes=num_classes or 10, **extra)
 
 
 @dataclass

@@ -200,3 +200,23 @@ def test_register_model(monkeypatch):
     assert len(bayesian_layers(get_model("tiny"))) == 2
     with pytest.raises(ValueError, match="already registered"):
         models.register_model("tiny")(tiny)
+
+
+@pytest.mark.parametrize("layers, names, count", [
+    (None, ["conv"], 128_714),                # the seed's choice: conv Bayesian
+    ("all", ["conv", "fc"], 254_154),         # + fc: 12,544 x 10 weights twice (mu, rho)
+    ("last", ["fc"], 252_554),                # a last-layer BNN: conv plain (1,600 + 64)
+    (["conv", "fc"], ["conv", "fc"], 254_154),
+])
+def test_bayesian_layers_choice(layers, names, count):
+    model = get_model("BNN_conv_flip", layers=layers)
+    got = [n for n, m in model.named_modules() if isinstance(m, BayesianLayer)]
+    assert got == names
+    assert count_parameters(model) == count
+    assert len(bayesian_layers(get_model("CIFAR10_BNN_model", layers="last"))) == 1
+
+
+@pytest.mark.parametrize("layers", ["first", ["fc9"], []])
+def test_bayesian_layers_bad_choice_names_the_layers(layers):
+    with pytest.raises(ValueError, match="conv|layers must be"):
+        get_model("BNN_conv_flip", layers=layers)

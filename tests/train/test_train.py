@@ -15,6 +15,7 @@ from bayescale.train.checkpoint import CheckpointError, load_checkpoint
 from bayescale.train.config import config_from_dict, config_to_dict, load_config
 from bayescale.train.engine import TrainingDiverged, train
 from bayescale.train.runlog import TIMING_COLUMNS
+from bayescale.train.runs import build_model
 
 FAST = ["data.name=synthetic", "data.size=400", "train.batch_size=32", "eval.samples=3",
         "train.progress=false", "train.threads=1"]
@@ -112,6 +113,20 @@ def test_resume_rejects_other_run_and_corrupt_checkpoint(tmp_path):
         train(_cfg(tmp_path, "train.steps=6"), resume=tmp_path / "nothing")
 
 
+def test_resume_of_a_checkpoint_from_before_a_new_config_key(tmp_path):
+    """A key added to the config since the checkpoint was written takes its default."""
+    from bayescale.train.checkpoint import save_checkpoint
+    train(_cfg(tmp_path, "train.steps=3", "output.name=old"))
+    path = tmp_path / "old" / "checkpoint.pt"
+    ckpt = load_checkpoint(path)
+    del ckpt["config"]["model"]["bayesian_layers"], ckpt["sha256"]
+    save_checkpoint(path, ckpt)
+    train(_cfg(tmp_path, "train.steps=6"), resume=tmp_path / "old")
+    assert load_checkpoint(path)["step"] == 6
+    with pytest.raises(CheckpointError, match="bayesian_layers"):  # a real change still refused
+        train(_cfg(tmp_path, "train.steps=9", "model.bayesian_layers=all"), resume=tmp_path / "old")
+
+
 def test_divergence_stops_and_keeps_last_good_checkpoint(tmp_path):
     cfg = _cfg(tmp_path, "train.steps=30", "optim.name=sgd", "optim.lr=1e8",
                "train.checkpoint_every=1", "output.name=nan")
@@ -195,3 +210,40 @@ def test_compile_option_matches_eager_training(tmp_path, monkeypatch):
     eager = [float(r["loss"]) for r in _rows(tmp_path / "eager" / "train.csv")]
     compiled = [float(r["loss"]) for r in _rows(tmp_path / "compiled" / "train.csv")]
     assert compiled == pytest.approx(eager, rel=1e-4)
+
+
+def test_mc_samples_averages_the_elbo_over_draws(tmp_path, monkeypatch):
+    """train.mc_samples = K: K forward/backward passes per step, each loss / K, one update."""
+    import bayescale.train.engine as engine
+
+    def one_step(k: int):
+        models, grads = [], []
+
+        def build(*args, **kw):  # the engine's model, with a hook on fc1's mu per backward pass
+            model = build_model(*args, **kw)
+            model.fc1.weight_mu.register_hook(lambda g: grads.append(g.detach().clone()))
+            models.append((model, model.fc1.weight_mu.detach().clone()))
+            return model
+
+        monkeypatch.setattr(engine, "build_model", build)
+        train(_cfg(tmp_path, "train.steps=1", "optim.name=sgd", "optim.momentum=0",
+                   "optim.lr=0.1", f"train.mc_samples={k}", f"output.name=k{k}"))
+        (model, init), = models
+        return init, model.fc1.weight_mu.detach(), grads
+
+    init1, _, g1 = one_step(1)
+    init2, final2, g2 = one_step(2)
+    assert torch.equal(init1, init2) and len(g1) == 1 and len(g2) == 2
+    torch.testing.assert_close(final2, init2 - 0.1 * (g2[0] + g2[1]))  # one update, summed
+    assert not torch.equal(g2[0], g2[1])  # each pass draws its own noise
+    ratio = (g2[0].norm() / g1[0].norm()).item()
+    assert 0.4 < ratio < 0.6  # each pass's loss is scaled by 1/K (K = 2)
+
+
+def test_mc_samples_refused_without_anything_to_draw(tmp_path):
+    with pytest.raises(ValueError, match="no Bayesian layer or dropout"):
+        train(_cfg(tmp_path, "model.bayesian=false", "train.mc_samples=2", "train.steps=1"))
+    with pytest.raises(Exception, match="ivon.mc_samples"):
+        _cfg(tmp_path, "model.bayesian=false", "optim.name=ivon", "train.mc_samples=2")
+    with pytest.raises(Exception, match="bayesian_layers must be"):
+        _cfg(tmp_path, "model.bayesian_layers=first")
