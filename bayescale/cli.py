@@ -111,9 +111,14 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .uncertainty.report import write_report
+    if args.study is not None:
+        from .uncertainty.study_page import write_study_report
 
-    out = write_report(args.run, args.out)
+        out = write_study_report(args.study, args.out)
+    else:
+        from .uncertainty.report import write_report
+
+        out = write_report(args.run, args.out)
     print(f"report: {out}")
     return 0
 
@@ -280,11 +285,19 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--data-root", help="root of file-based data sets (default: the run's)")
     pr.set_defaults(func=_predict)
 
-    r = sub.add_parser("report", help="one self-contained HTML report of a run (figures "
-                       "embedded), from its saved files")
-    r.add_argument("run", metavar="RUN", help="run directory")
+    r = sub.add_parser("report", help="one self-contained HTML report (figures embedded) of a "
+                       "run from its saved files, or of the uncertainty study (--study)",
+                       description="Write one self-contained HTML page (figures embedded as "
+                       "PNG): of a run directory (RUN), or with --study FILE.json of the "
+                       "uncertainty study's result JSON (methods, FC section, targets, accuracy "
+                       "and ECE under shift). Give exactly one of RUN and --study.")
+    what = r.add_mutually_exclusive_group(required=True)
+    what.add_argument("run", metavar="RUN", nargs="?", help="run directory")
+    what.add_argument("--study", metavar="FILE.json", help="an uncertainty study result, e.g. "
+                      "benchmarks/results/uncertainty_study_mnist.json")
     r.add_argument("--out", metavar="FILE.html", help="the file to create (default "
-                   "RUN/report.html, or report-2.html, ... if taken)")
+                   "RUN/report.html, or report-2.html, ... if taken; with --study "
+                   "FILE.html next to the JSON, or FILE-2.html, ...)")
     r.set_defaults(func=_report)
 
     from .train.config import describe_options, shipped_configs

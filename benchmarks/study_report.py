@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from bayescale.scale.bench import figures_path, provenance, results_path, write_json
+from bayescale.uncertainty.plots import STUDY_ORDER, plot_shift_curves
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("accuracy", "nll", "brier", "ece", "aurc", "ood_auroc", "ood_auroc_entropy",
            "ood_auroc_mi", "shift_ece", "train_s", "infer_s")
 MAIN = {"mnist": "conv", "cifar10": "vgg3"}
-ORDER = ["deterministic", "temperature_scaled", "mc_dropout", "deep_ensemble", "bnn",
-         "sghmc_bma", "ivon"]
+ORDER = list(STUDY_ORDER)
 
 
 def _mean(values: list[Any]) -> Any:
@@ -85,35 +85,9 @@ def targets(dataset: str, methods: dict[str, Any], fc: dict[str, Any] | None) ->
 
 def plot_shift(dataset: str, methods: dict[str, Any], out: Path) -> Path:
     """Accuracy (top) and ECE (bottom) against shift level, one column per shift, one line per
-    method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    kinds = list(dict.fromkeys(p["shift"] for m in methods.values() for p in m["per_shift"]))
-    fig, axes = plt.subplots(2, len(kinds), figsize=(4.2 * len(kinds), 6.4), squeeze=False)
-    for j, kind in enumerate(kinds):
-        for i, metric in enumerate(("accuracy", "ece")):
-            ax = axes[i][j]
-            for k, (name, m) in enumerate(methods.items()):
-                pts = [p for p in m["per_shift"] if p["shift"] == kind]
-                ax.plot([p["level"] for p in pts], [p[metric] for p in pts], marker="o", ms=3,
-                        lw=1.4, color=f"C{ORDER.index(name) if name in ORDER else k}",
-                        label=name)
-            unit = {"rotation": "rotation (degrees)", "noise": "noise sd"}.get(
-                kind, f"{kind.replace('_', ' ')} severity")
-            ax.set_xlabel(unit, fontsize=9)
-            ax.set_ylabel(metric if metric == "accuracy" else "ECE (15 bins)", fontsize=9)
-            ax.grid(alpha=0.3)
-            ax.tick_params(labelsize=8)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(f"{dataset}: accuracy and calibration under shift", fontsize=10)
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    method (:func:`bayescale.uncertainty.plots.plot_shift_curves`)."""
+    return plot_shift_curves(methods, out, f"{dataset}: accuracy and calibration under shift",
+                             dpi=110)
 
 
 def plot_reliability_grid(dataset: str, rows: dict[str, dict[str, Any]], out: Path) -> Path:

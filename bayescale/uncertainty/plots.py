@@ -1,5 +1,6 @@
 """Figures from SAVED results (never re-running a model): posterior convergence, MC draws per
-class, reliability, in- vs out-of-distribution uncertainty, accuracy vs coverage, training curves.
+class, reliability, in- vs out-of-distribution uncertainty, accuracy vs coverage, training curves,
+and the uncertainty study's accuracy and ECE against shift level.
 
 Inputs are what ``bayescale train`` and ``bayescale evaluate`` wrote: a run directory
 (``posterior/step_*.pt``, ``train.csv``, ``eval.csv``) or the arrays of ``eval/predictions.npz``
@@ -11,7 +12,8 @@ References:
     Seed tutorial figures: Fig. 3, posterior means / std devs per layer at two training
     steps; Fig. 4, density over MC draws of the true-class probability, one test image per class.
     Guo et al. 2017, arXiv:1706.04599 (reliability diagram); Geifman & El-Yaniv 2017
-    (accuracy-coverage / selective prediction).
+    (accuracy-coverage / selective prediction); Ovadia et al. 2019, arXiv:1906.02530, Fig. 2
+    (accuracy and calibration under dataset shift).
 """
 
 from __future__ import annotations
@@ -28,10 +30,13 @@ from .metrics import accuracy_coverage, auroc, ece, reliability
 
 __all__ = ["load_posterior_snapshots", "plot_posterior_convergence", "plot_true_class_draws",
            "plot_reliability", "plot_uncertainty_histograms", "plot_accuracy_coverage",
-           "plot_training_curve"]
+           "plot_training_curve", "plot_shift_curves", "STUDY_ORDER"]
 
 Predictions = Mapping[str, np.ndarray] | str | Path
 _DPI = 90  # small PNGs (<150 KB) that still read well in a report
+# the uncertainty study's methods in their fixed order: method i is drawn in colour C<i>
+STUDY_ORDER = ("deterministic", "temperature_scaled", "mc_dropout", "deep_ensemble", "bnn",
+               "sghmc_bma", "ivon")
 
 
 def _figure(width: float, height: float) -> Any:
@@ -42,10 +47,10 @@ def _figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def _save(fig: Any, out: str | Path) -> Path:
+def _save(fig: Any, out: str | Path, dpi: int = _DPI) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=_DPI)
+    fig.savefig(out, dpi=dpi)
     return out
 
 
@@ -282,3 +287,55 @@ def plot_training_curve(run_dir: str | Path, out: str | Path) -> Path:
     ax_a.set_title("accuracy", fontsize=9)
     ax_a.legend(fontsize=7)
     return _save(fig, out)
+
+
+# ------------------------------------------------------------------------------ shift study
+def _shift_label(kind: str) -> str:
+    return {"rotation": "rotation (degrees)", "noise": "noise sd"}.get(
+        kind, f"{kind.replace('_', ' ')} severity")
+
+
+def _shift_figure(methods: Mapping[str, Mapping[str, Any]], title: str | None = None) -> Any:
+    """The figure of :func:`plot_shift_curves` (not saved): axes ``[metric row, shift column]``."""
+    if not methods:
+        raise ValueError("no methods to plot: pass {name: {'per_shift': [...]}, ...}")
+    for name, m in methods.items():
+        if not m.get("per_shift"):
+            raise ValueError(f"method {name!r} has no per_shift results to plot")
+    kinds = list(dict.fromkeys(p["shift"] for m in methods.values() for p in m["per_shift"]))
+    fig = _figure(4.2 * len(kinds), 6.4)
+    axes = fig.subplots(2, len(kinds), squeeze=False)
+    for j, kind in enumerate(kinds):
+        for i, metric in enumerate(("accuracy", "ece")):
+            ax = axes[i][j]
+            for k, (name, m) in enumerate(methods.items()):
+                pts = [p for p in m["per_shift"] if p["shift"] == kind]
+                ax.plot([p["level"] for p in pts], [p[metric] for p in pts], marker="o", ms=3,
+                        lw=1.4, label=name,
+                        color=f"C{STUDY_ORDER.index(name) if name in STUDY_ORDER else k}")
+            ax.set_xlabel(_shift_label(kind), fontsize=9)
+            ax.set_ylabel(metric if metric == "accuracy" else "ECE (15 bins)", fontsize=9)
+            ax.grid(alpha=0.3)
+            ax.tick_params(labelsize=8)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title or "accuracy and calibration under shift", fontsize=10)
+    return fig
+
+
+def plot_shift_curves(methods: Mapping[str, Mapping[str, Any]], out: str | Path,
+                      title: str | None = None, dpi: int = _DPI) -> Path:
+    """Accuracy (top row) and ECE (bottom row) against shift level: one column per shift kind,
+    one line per method (Ovadia et al. 2019, Fig. 2).
+
+    Args:
+        methods: ``{name: {"per_shift": [{"shift", "level", "accuracy", "ece"}, ...]}}``, e.g. the
+            ``methods`` of an uncertainty study result JSON; a name in :data:`STUDY_ORDER` keeps
+            its colour whichever methods are present.
+        out: the PNG to write.
+        title: the figure title (default "accuracy and calibration under shift").
+        dpi: resolution of the PNG.
+
+    Raises:
+        ValueError: no methods, or a method without ``per_shift`` results.
+    """
+    return _save(_shift_figure(methods, title), out, dpi)

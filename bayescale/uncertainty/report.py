@@ -11,6 +11,9 @@ has the tables and says how to get the figures.
 
 The report is written to ``RUN/report.html``, or ``report-2.html``, ``report-3.html``, ... when
 that name is taken: an existing report is never overwritten.
+
+The uncertainty study's result JSON has a page of its own, built from the same pieces:
+:func:`bayescale.uncertainty.study_page.write_study_report` (``bayescale report --study``).
 """
 
 from __future__ import annotations
@@ -271,6 +274,19 @@ def _timing_section(run_dir: Path) -> str:
 
 
 # ------------------------------------------------------------------------------ the report
+def _page(title: str, source: str, sections: Iterable[tuple[str, str]],
+          missing: str | None = None) -> str:
+    """The HTML page: ``title``, a note naming ``source`` and the time, then the non-empty
+    ``(heading, html)`` sections; ``missing`` (why there are no figures) is noted first."""
+    body = "".join(f"<h2>{_e(head)}</h2>{content}" for head, content in sections if content)
+    if missing:
+        body = _note(missing) + body
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+            f"<title>{_e(title)}</title><style>{_CSS}</style></head><body><h1>{_e(title)}</h1>"
+            + _note(f"{source}; written {time.strftime('%Y-%m-%d %H:%M:%S')}") + body
+            + "</body></html>\n")
+
+
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
     """Write the HTML report of a run directory and return its path.
 
@@ -305,14 +321,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
                     ("Pruning", _prune_section(run_dir)),
                     ("Selected support (Ke & Fan samples)", _support_section(run_dir)),
                     ("Timing", _timing_section(run_dir))]
-    body = "".join(f"<h2>{_e(title)}</h2>{content}" for title, content in sections if content)
-    if fig.missing:
-        body = _note(fig.missing) + body
-    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            f"<title>bayescale report: {_e(run_dir.name)}</title><style>{_CSS}</style></head>"
-            f"<body><h1>bayescale report: {_e(run_dir.name)}</h1>"
-            + _note(f"run directory {run_dir.resolve()}; written "
-                    f"{time.strftime('%Y-%m-%d %H:%M:%S')}") + body + "</body></html>\n")
+    page = _page(f"bayescale report: {run_dir.name}", f"run directory {run_dir.resolve()}",
+                 sections, fig.missing)
     with open(out, "x", encoding="utf-8") as fh:
         fh.write(page)
     return out
