@@ -52,9 +52,16 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def _section(rows: list[dict[str, Any]], section: str, epochs: Any) -> dict[str, Any]:
     evals = [r for r in rows if r.get("kind") == "eval" and r["section"] == section
              and r["epochs"] == epochs]
+    latest = {(r["method"], r["seed"]): r for r in evals}  # a re-run recipe replaces its row
     names = sorted({r["method"] for r in evals}, key=lambda m: ORDER.index(m)
                    if m in ORDER else len(ORDER))
-    return {m: aggregate([r for r in evals if r["method"] == m]) for m in names}
+    out = {m: aggregate([r for r in latest.values() if r["method"] == m]) for m in names}
+    for r in evals:  # the replaced rows stay on record, summarised
+        if latest[(r["method"], r["seed"])] is not r:
+            out[r["method"]].setdefault("earlier", []).append(
+                {k: r.get(k) for k in ("seed", "trainings", "accuracy", "nll", "ece",
+                                       "shift_ece", "train_s")})
+    return out
 
 
 def targets(dataset: str, methods: dict[str, Any], fc: dict[str, Any] | None) -> dict[str, Any]:

@@ -237,13 +237,14 @@ def run_study(args: argparse.Namespace) -> Path:
               "train_size": len(data["train"]), "test_size": len(data["test_raw"])}
     for section, method, seed in plan(args.dataset, args.methods, args.seeds):
         key = {"section": section, "method": method, "seed": seed, "epochs": args.epochs}
-        if any(all(r.get(k) == v for k, v in key.items()) for r in read_rows(log)
-               if r.get("kind") == "eval"):
-            continue
         study = Study(args.dataset, args.epochs, data["val"], args.samples, args.batch_size,
                       args.ensemble_size, args.dropout, args.sghmc_cycles, args.sghmc_per_cycle)
         spec = METHODS[method]
         trainings = spec.runs(section, seed, study)
+        names = [tr.name for tr in trainings]  # a changed recipe trains and evaluates anew
+        if any(all(r.get(k) == v for k, v in key.items()) and r.get("trainings") == names
+               for r in read_rows(log) if r.get("kind") == "eval"):
+            continue
         extra = ARCHS[args.dataset][section]["extra"]
         done = [ensure_trained(args.dataset, tr, study, data, log, extra) for tr in trainings]
         if args.train_only:

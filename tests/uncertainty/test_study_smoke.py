@@ -125,3 +125,16 @@ def test_plan_runs_three_seeds_on_mnist_and_one_on_cifar10():
     cifar = US.plan("cifar10", ["deterministic", "bnn", "ivon"], None)
     assert sorted(cifar) == [("vgg3", "bnn", 0), ("vgg3", "deterministic", 0), ("vgg3", "ivon", 0)]
     assert {s for _, _, s in US.plan("cifar10", ["bnn"], [0, 3])} == {0, 3}
+
+
+def test_a_rerun_recipe_replaces_its_row_and_keeps_the_old_one_on_record():
+    def row(acc, trainings):
+        return {"kind": "eval", "section": "vgg3", "method": "ivon", "seed": 0, "epochs": 30,
+                "accuracy": acc, "nll": 1 - acc, "ece": 0.05, "shift_ece": 0.2, "train_s": 9.0,
+                "mc_samples": 20, "trainings": trainings,
+                "per_shift": [{"shift": "contrast", "level": 1, "accuracy": acc, "nll": 0.5,
+                               "ece": 0.1}]}
+    out = SR._section([row(0.78, ["vgg3-ivon-s0"]), row(0.81, ["vgg3-ivon_cos-s0"])], "vgg3", 30)
+    assert out["ivon"]["accuracy"] == 0.81 and out["ivon"]["seeds"] == [0]
+    assert [e["accuracy"] for e in out["ivon"]["earlier"]] == [0.78]
+    assert out["ivon"]["earlier"][0]["trainings"] == ["vgg3-ivon-s0"]
