@@ -145,6 +145,32 @@ HELDOUT = {
 PROBLEMS.update(HELDOUT)
 
 
+def _logit_p3000(x: np.ndarray) -> np.ndarray:
+    return 2.5 * (np.tanh(x[:, 0] * x[:, 1]) + np.tanh(2 * x[:, 2]) - np.tanh(x[:, 3] - x[:, 4]))
+
+
+def _two_products(x: np.ndarray) -> np.ndarray:
+    return np.sin(x[:, 0] * x[:, 1]) + 1.5 * np.tanh(x[:, 2] * x[:, 3]) + np.tanh(2 * x[:, 4])
+
+
+def _relu_p2500(x: np.ndarray) -> np.ndarray:
+    return (np.maximum(2 * x[:, 0] - x[:, 1], 0) - np.maximum(x[:, 2], 0)
+            + np.tanh(x[:, 3] + x[:, 4]))
+
+
+# A second set, written after the first one had been used to change the preset (the E-step's
+# probation band) and before that version was run on it.
+HELDOUT2 = {
+    "heldout2_logit_p3000": Problem("heldout2_logit_p3000", 3000, (11, 999, 1500, 2500, 2998),
+                                    (8, 4), "bce", _logit_p3000),
+    "heldout2_two_products": Problem("heldout2_two_products", 1500, (0, 300, 600, 900, 1200),
+                                     (6, 4, 3), "mse", _two_products),
+    "heldout2_relu_p2500": Problem("heldout2_relu_p2500", 2500, (50, 51, 52, 53, 54), (5, 3),
+                                   "mse", _relu_p2500),
+}
+PROBLEMS.update(HELDOUT2)
+
+
 def make_net(p: int, widths: tuple[int, ...]) -> nn.Sequential:
     layers: list[nn.Module] = []
     for a, b in zip((p, *widths[:-1]), widths, strict=True):

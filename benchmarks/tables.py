@@ -387,6 +387,7 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "ivon_prune": ("prune_accuracy", ivon_prune),
     "kefan_robustness": ("kefan_robustness", kefan_robustness),
     "kefan_robustness_heldout": ("kefan_robustness_heldout", kefan_robustness),
+    "kefan_robustness_heldout2": ("kefan_robustness_heldout2", kefan_robustness),
     "kefan_robustness_timing": ("kefan_robustness", kefan_robustness_timing),
     "bnn_recipe": ("bnn_recipe_mnist", bnn_recipe),
     "kefan_robustness_headline": ("kefan_robustness", kefan_robustness_headline),

@@ -121,6 +121,9 @@ def _check(ok: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
+PROBATION_BAR = 2.0  # a group on probation must clear this many times the E-step threshold
+
+
 class SGHMCSpikeSlab(torch.optim.Optimizer):
     """Ke & Fan's SGHMC with spike-and-slab group prior (``SGHMC_SPL``; see the module docstring).
 
@@ -141,6 +144,14 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
             first E-step a group already under the slab stays there until its mean w^2 falls
             below ``soft_threshold``; the input layer is the first 2-D weight under an
             ``"fc"``/``"cnn_fc"`` rule, in parameter order. 0: off.
+        probation_rel, probation: with ``rel_threshold``, the first E-step also keeps under
+            the slab, for ``probation`` E-steps (epochs, the first included), the groups
+            between ``probation_rel`` and ``rel_threshold`` times the median: an input whose
+            signal the dense warm-up has only half learned (an interaction) gets a chance to
+            rise once the noise groups are gone. When the probation ends, a group stays in the
+            slab only if it clears ``PROBATION_BAR`` (2) times the stored threshold - a noise
+            input held in the slab creeps up, a half-learned signal grows several-fold - and is
+            otherwise held under the spike until it does. ``probation_rel = 0``: off.
         hard_threshold: pruning threshold (mean w^2, or range for conv weights).
         warm_up: ``step(epoch=e, batch=0)`` runs the E-step and pruning when ``e > warm_up``.
         group: spike-and-slab group policy, one of ``GROUP_POLICIES``.
@@ -164,11 +175,13 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
                  rel_threshold: float | None = None,
                  hard_threshold: float | None = None, warm_up: int | None = None,
                  group: str | None = None, seed: int = 0, momentum_init_std: float = 1e-3,
-                 spike_clip: float | None = None) -> None:
+                 spike_clip: float | None = None, probation_rel: float | None = None,
+                 probation: int | None = None) -> None:
         hp = resolve_hparams(preset, temperature=temperature, eta=eta, betas=betas, eps1=eps1,
                              eps0=eps0, soft_threshold=soft_threshold,
                              rel_threshold=rel_threshold, hard_threshold=hard_threshold,
-                             warm_up=warm_up, group=group, spike_clip=spike_clip)
+                             warm_up=warm_up, group=group, spike_clip=spike_clip,
+                             probation_rel=probation_rel, probation=probation)
         for k in SCHEDULE_KEYS:
             hp.pop(k, None)
         clip = float(hp.pop("spike_clip", 0.0) or 0.0)
@@ -176,6 +189,8 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
                f"spike_clip is a factor on the gradient norm's running average (> 0; 0 or None "
                f"turns it off), got {spike_clip!r}")
         hp.setdefault("rel_threshold", 0.0)  # the authors' presets: a fixed E-step threshold
+        hp.setdefault("probation_rel", 0.0)
+        hp.setdefault("probation", 0)
         defaults = dict(lr=lr, num_train=num_train, **hp)
         self._validate(defaults)
         super().__init__(params, defaults)
@@ -197,8 +212,15 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
         _check(g["lr"] >= 0, f"lr (h = C^2) must be >= 0, got {g['lr']}")
         _check(0 <= b1 < 1 and 0 < b2 <= 1, f"need 0 <= beta1 < 1 and 0 < beta2 <= 1, got "
                f"betas={g['betas']} (the spec's defaults are (0.1, 1))")
-        for k in ("eta", "eps1", "eps0", "soft_threshold", "rel_threshold", "hard_threshold"):
+        for k in ("eta", "eps1", "eps0", "soft_threshold", "rel_threshold", "hard_threshold",
+                  "probation_rel"):
             _check(g[k] >= 0, f"{k} must be >= 0, got {g[k]}")
+        _check(isinstance(g["probation"], int) and g["probation"] >= 0,
+               f"probation is a number of E-steps (an int >= 0), got {g['probation']!r}")
+        _check(g["probation_rel"] == 0 or (g["rel_threshold"] > 0 and g["probation"] > 0
+                                           and g["probation_rel"] < g["rel_threshold"]),
+               f"probation_rel needs rel_threshold > probation_rel > 0 and probation >= 1, got "
+               f"{g['probation_rel']}, {g['rel_threshold']}, {g['probation']}")
         _check(isinstance(g["warm_up"], int) and g["warm_up"] >= 0,
                f"warm_up is a number of epochs (an int >= 0), got {g['warm_up']!r}")
         _check(t in TEMPERATURES or (isinstance(t, int | float) and t > 0),
@@ -234,7 +256,7 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         for st in self.state.values():  # torch casts every state tensor to the param's dtype
             for k in st:
-                if k == "slab" or k.startswith("keep_"):
+                if k in ("slab", "probation") or k.startswith("keep_"):
                     st[k] = st[k].bool()
         self._gens, self._pending_gen_states = {}, {k: v.cpu() for k, v in gens.items()}
 
@@ -320,9 +342,22 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
                     # hysteresis: a group the slab holds already stays there until it falls
                     # below soft_threshold; one under the spike must clear thr to come back
                     slab = spike_slab_estep(p, rule.estep, thr)
-                    if "threshold" in st:
-                        slab |= st["slab"] & spike_slab_estep(p, rule.estep,
-                                                              g["soft_threshold"])
+                    if "threshold" in st:  # (groups on probation have not earned hysteresis)
+                        held = st["slab"] & ~st.get("probation", torch.zeros_like(slab))
+                        slab |= held & spike_slab_estep(p, rule.estep, g["soft_threshold"])
+                    elif g["probation_rel"] > 0:
+                        st["probation"] = ~slab & spike_slab_estep(p, rule.estep, max(
+                            g["soft_threshold"], thr * g["probation_rel"] / g["rel_threshold"]))
+                        st["probation_left"] = g["probation"] + 1
+                    if "probation" in st:  # held in the slab for the probation; from its
+                        # end on, under the spike until it clears the bar
+                        pro = st["probation"]
+                        st["probation_left"] = max(0, st["probation_left"] - 1)
+                        if st["probation_left"] > 0:
+                            slab = slab | pro
+                        else:
+                            pro &= ~spike_slab_estep(p, rule.estep, PROBATION_BAR * thr)
+                            slab = slab & ~pro
                     st["slab"] = slab
                 else:
                     st["slab"] = spike_slab_estep(p, rule.estep, thr)

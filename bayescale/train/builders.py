@@ -95,7 +95,8 @@ def build_optimizer(o: OptimConfig, params: Iterable[nn.Parameter], lr: float, *
                               eta=k.eta, betas=tuple(k.betas) if k.betas else None, eps1=k.eps1,
                               eps0=k.eps0, soft_threshold=k.soft_threshold,
                               hard_threshold=k.hard_threshold, warm_up=k.warm_up, group=k.group,
-                              seed=seed, spike_clip=k.spike_clip)
+                              seed=seed, spike_clip=k.spike_clip,
+                              probation_rel=k.probation_rel, probation=k.probation)
     if o.name == "adam":
         return torch.optim.Adam(params, lr=lr, betas=tuple(o.betas), eps=o.eps,
                                 weight_decay=o.weight_decay)

@@ -139,6 +139,10 @@ class SGHMCConfig:
     warm_up: int | None = _opt(None, "epochs before the E-step and pruning start")
     spike_clip: float | None = _opt(None, "clip the gradient norm to this many times its "
                                           "running average (robust: 3; 0: off)")
+    probation_rel: float | None = _opt(None, "first E-step: inputs above this many times the "
+                                             "noise floor stay in the slab on probation "
+                                             "(robust: 4; 0: off)")
+    probation: int | None = _opt(None, "epochs of that probation (robust: 100)")
     group: Literal["none", "cnn", "fc", "gnn", "cnn_fc"] | None = _opt(
         None, "groups: cnn (kernel slices; channels/filters), fc (input columns), gnn (output "
               "rows), cnn_fc (conv as cnn + linear as fc), none (dense)")

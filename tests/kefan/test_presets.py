@@ -16,7 +16,7 @@ from bayescale.kefan.optimizer import (
 
 # every key in which "robust" departs from "notebook" (docs/kefan.md lists the same)
 DOCUMENTED = {"eps0", "soft_threshold", "rel_threshold", "cycles", "h0", "h0_bce", "ramp",
-              "warm_up_cycles", "after_factor", "spike_clip"}
+              "warm_up_cycles", "after_factor", "spike_clip", "probation_rel", "probation"}
 
 
 def test_robust_is_the_default_and_notebook_keeps_the_authors_values():
@@ -86,3 +86,64 @@ def test_relative_threshold_only_on_the_input_layer_never_lowered_with_hysteresi
     opt.em_step()
     assert opt.state[w0]["threshold"] == pytest.approx(0.08)
     assert opt.spike_mask(w0)[0].tolist() == [True, False, True, True, True, True]
+
+
+def test_probation_holds_the_band_below_the_threshold_then_needs_twice_it():
+    w = nn.Parameter(torch.zeros(1, 10))
+    with torch.no_grad():  # column mean squares: six noise at 0.01 (the median), then 0.05
+        w[0, :6] = 0.1     # (5x: probation), 0.06 (6x: probation), 0.03 (3x: out), 0.25 (25x)
+        w[0, 6:] = torch.tensor([0.05, 0.06, 0.03, 0.25]).sqrt()
+    opt = SGHMCSpikeSlab([w], 100, hard_threshold=0.0, probation_rel=4.0, probation=2)
+    opt.em_step()  # first E-step: threshold 8 x 0.01; band [0.04, 0.08)
+    st = opt.state[w]
+    assert st["threshold"] == pytest.approx(0.08)
+    assert st["probation"].tolist() == [False] * 6 + [True, True, False, False]
+    assert (~opt.spike_mask(w)[0]).tolist() == [False] * 6 + [True, True, False, True]
+    with torch.no_grad():
+        w[0, 6], w[0, 7] = 0.0, 0.0  # whatever they do during the probation, they are held
+    opt.em_step()
+    assert st["probation"].tolist() == [False] * 6 + [True, True, False, False]
+    assert (~opt.spike_mask(w)[0]).tolist() == [False] * 6 + [True, True, False, True]
+    with torch.no_grad():
+        w[0, 6] = 0.1 ** 0.5  # 0.1: above the threshold 0.08, under the bar 2 x 0.08
+        w[0, 7] = 0.2 ** 0.5  # 0.2 >= 0.16: clears the bar
+    opt.em_step()  # probation over: column 7 stays, column 6 goes under the spike
+    assert st["probation"].tolist() == [False] * 6 + [True, False, False, False]
+    assert (~opt.spike_mask(w)[0]).tolist() == [False] * 7 + [True, False, True]
+    with torch.no_grad():
+        w[0, 7] = 0.25  # 0.0625 < 0.08: a slab group now, it keeps it by hysteresis
+    opt.em_step()  # and is held there although 0.1 >= 0.08: it must clear the bar, 0.16
+    assert (~opt.spike_mask(w)[0]).tolist() == [False] * 7 + [True, False, True]
+    with torch.no_grad():
+        w[0, 6] = 0.17 ** 0.5
+    opt.em_step()  # 0.17 >= 0.16: an ordinary slab group from now on
+    assert not st["probation"].any()
+    assert (~opt.spike_mask(w)[0]).tolist() == [False] * 6 + [True, True, False, True]
+    sd = opt.state_dict()  # the probation mask survives a checkpoint as a bool mask
+    again = SGHMCSpikeSlab([w], 100, hard_threshold=0.0, probation_rel=4.0, probation=2)
+    again.load_state_dict(sd)
+    assert again.state[w]["probation"].dtype == torch.bool
+    assert again.state[w]["probation_left"] == 0
+
+
+def test_probation_is_off_in_the_authors_presets_and_checked():
+    for preset in ("notebook", "cifar_script", "fc_default"):
+        g = SGHMCSpikeSlab([nn.Parameter(torch.zeros(3, 4))], 10, preset=preset).param_groups[0]
+        assert g["probation_rel"] == 0.0
+    for bad in ({"probation_rel": 9.0}, {"probation_rel": -1.0}, {"probation": -1},
+                {"probation": 0}, {"rel_threshold": 0.0}):
+        with pytest.raises(ValueError, match="probation"):
+            SGHMCSpikeSlab([nn.Parameter(torch.zeros(3, 4))], 10, **bad)
+
+
+def test_probation_config_options_reach_the_optimizer():
+    from bayescale.train.builders import build_optimizer
+    from bayescale.train.config import OptimConfig, SGHMCConfig
+
+    net = nn.Linear(4, 2)
+    build = lambda k: build_optimizer(OptimConfig(name="sghmc"), net.parameters(), 0.1,  # noqa
+                                      sghmc=k, num_train=10).param_groups[0]
+    assert (build(SGHMCConfig())["probation_rel"], build(SGHMCConfig())["probation"]) == (4.0, 100)
+    g = build(SGHMCConfig(probation_rel=5.0, probation=7))
+    assert (g["probation_rel"], g["probation"]) == (5.0, 7)
+    assert build(SGHMCConfig(probation_rel=0.0))["probation_rel"] == 0.0
