@@ -389,3 +389,31 @@ def fit_lasso(prob: Problem, seed: int) -> dict:
             "exact_support": set(selected) == set(prob.true_inputs),
             "true_kept": len(set(selected) & set(prob.true_inputs)),
             "seconds": time.perf_counter() - t0}
+
+
+def _logit_two_products(x: np.ndarray) -> np.ndarray:
+    return 3 * (np.tanh(x[:, 0] * x[:, 1]) - np.tanh(x[:, 2] * x[:, 3]) + np.tanh(x[:, 4]))
+
+
+def _mixed_p4000(x: np.ndarray) -> np.ndarray:
+    return (1.5 * np.sin(x[:, 0] * x[:, 1]) + np.tanh(2 * x[:, 2]) - np.maximum(x[:, 3], 0)
+            + 0.5 * x[:, 4])
+
+
+def _deep_p1500(x: np.ndarray) -> np.ndarray:
+    return (2 * np.tanh(x[:, 0] + x[:, 1]) - np.tanh(x[:, 2] * x[:, 3])
+            + np.maximum(x[:, 4] - x[:, 5], 0))
+
+
+# A third set, written after the second one had been used to widen the probation band (2x) and
+# to add the probation set's own floor, and before that version was run on it.
+HELDOUT3 = {
+    "heldout3_logit_two_products": Problem("heldout3_logit_two_products", 2000,
+                                           (7, 700, 1400, 1401, 1999), (6, 4), "bce",
+                                           _logit_two_products),
+    "heldout3_mixed_p4000": Problem("heldout3_mixed_p4000", 4000, (0, 1000, 2000, 3000, 3999),
+                                    (8, 4), "mse", _mixed_p4000),
+    "heldout3_deep_p1500": Problem("heldout3_deep_p1500", 1500, (20, 40, 60, 80, 100, 120),
+                                   (10, 6, 4), "mse", _deep_p1500),
+}
+PROBLEMS.update(HELDOUT3)

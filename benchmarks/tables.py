@@ -388,6 +388,7 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "kefan_robustness": ("kefan_robustness", kefan_robustness),
     "kefan_robustness_heldout": ("kefan_robustness_heldout", kefan_robustness),
     "kefan_robustness_heldout2": ("kefan_robustness_heldout2", kefan_robustness),
+    "kefan_robustness_heldout3": ("kefan_robustness_heldout3", kefan_robustness),
     "kefan_robustness_timing": ("kefan_robustness", kefan_robustness_timing),
     "bnn_recipe": ("bnn_recipe_mnist", bnn_recipe),
     "kefan_robustness_headline": ("kefan_robustness", kefan_robustness_headline),

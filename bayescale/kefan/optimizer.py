@@ -68,6 +68,7 @@ from torch import Tensor
 
 from .groups import (
     expand_group_mask,
+    group_mean_square,
     hard_prune_groups,
     layer_sparsity,
     noise_floor_threshold,
@@ -122,6 +123,20 @@ def _check(ok: bool, msg: str) -> None:
 
 
 PROBATION_BAR = 2.0  # a group on probation must clear this many times the E-step threshold
+PROBATION_SPREAD = 5.0  # ... and this many times the probation set's median, when it has
+PROBATION_MIN_SET = 20  # at least this many groups (then mostly noise: a noise floor of its own)
+
+
+def probation_bar(w: Tensor, probation: Tensor, threshold: float, grouping: str) -> float:
+    """The mean square a group on probation must reach when the probation ends:
+    ``PROBATION_BAR * threshold``, and ``PROBATION_SPREAD`` times the median over the groups on
+    probation if there are ``PROBATION_MIN_SET`` or more (held in the slab, the noise groups
+    among them have grown too; this is their own floor)."""
+    bar = PROBATION_BAR * threshold
+    if int(probation.sum()) >= PROBATION_MIN_SET:
+        ms = group_mean_square(w, grouping)[probation]
+        bar = max(bar, PROBATION_SPREAD * float(ms.median()))
+    return bar
 
 
 class SGHMCSpikeSlab(torch.optim.Optimizer):
@@ -149,8 +164,9 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
             between ``probation_rel`` and ``rel_threshold`` times the median: an input whose
             signal the dense warm-up has only half learned (an interaction) gets a chance to
             rise once the noise groups are gone. When the probation ends, a group stays in the
-            slab only if it clears ``PROBATION_BAR`` (2) times the stored threshold - a noise
-            input held in the slab creeps up, a half-learned signal grows several-fold - and is
+            slab only if it clears :func:`probation_bar` - twice the stored threshold, and five
+            times the median of the groups on probation when there are 20 or more: a noise input
+            held in the slab creeps up, a half-learned signal grows several-fold - and is
             otherwise held under the spike until it does. ``probation_rel = 0``: off.
         hard_threshold: pruning threshold (mean w^2, or range for conv weights).
         warm_up: ``step(epoch=e, batch=0)`` runs the E-step and pruning when ``e > warm_up``.
@@ -356,7 +372,8 @@ class SGHMCSpikeSlab(torch.optim.Optimizer):
                         if st["probation_left"] > 0:
                             slab = slab | pro
                         else:
-                            pro &= ~spike_slab_estep(p, rule.estep, PROBATION_BAR * thr)
+                            pro &= ~spike_slab_estep(p, rule.estep, probation_bar(p, pro, thr,
+                                                                                  rule.estep))
                             slab = slab & ~pro
                     st["slab"] = slab
                 else:

@@ -44,11 +44,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # first cycle has ended, a spike strong enough to empty a group within a cycle, a larger
     # step size that climbs back at each restart, and the gradient's norm clipped to 3x its
     # running average, so that one loss spike at the peak step size cannot kill a narrow
-    # layer's units; the first E-step keeps inputs between 4x and 8x the noise floor under the
+    # layer's units; the first E-step keeps inputs between 2x and 8x the noise floor under the
     # slab for 100 more epochs, so that a half-learned interaction can rise once the noise
     # inputs are gone (docs/kefan.md, the robustness study)
     "robust": dict(betas=(0.1, 1.0), eps1=2e-4, eps0=1.0, soft_threshold=1e-3,
-                   rel_threshold=8.0, probation_rel=4.0, probation=100, hard_threshold=1e-3,
+                   rel_threshold=8.0, probation_rel=2.0, probation=100, hard_threshold=1e-3,
                    warm_up=50,
                    temperature="1/sqrt(N)", eta=0.1, group="fc", cycles=4, h0=0.03, h0_bce=0.3,
                    ramp=0.1, warm_up_cycles=1.0, after_factor=4.0, spike_clip=3.0),

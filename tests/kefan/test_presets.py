@@ -143,7 +143,20 @@ def test_probation_config_options_reach_the_optimizer():
     net = nn.Linear(4, 2)
     build = lambda k: build_optimizer(OptimConfig(name="sghmc"), net.parameters(), 0.1,  # noqa
                                       sghmc=k, num_train=10).param_groups[0]
-    assert (build(SGHMCConfig())["probation_rel"], build(SGHMCConfig())["probation"]) == (4.0, 100)
+    assert (build(SGHMCConfig())["probation_rel"], build(SGHMCConfig())["probation"]) == (2.0, 100)
     g = build(SGHMCConfig(probation_rel=5.0, probation=7))
     assert (g["probation_rel"], g["probation"]) == (5.0, 7)
     assert build(SGHMCConfig(probation_rel=0.0))["probation_rel"] == 0.0
+
+
+def test_probation_bar_is_the_larger_of_twice_the_threshold_and_five_times_the_set_median():
+    from bayescale.kefan.optimizer import probation_bar
+    w = torch.zeros(1, 40)
+    w[0, :] = torch.linspace(0.1, 0.5, 40).sqrt()  # mean squares 0.1 ... 0.5
+    few = torch.zeros(40, dtype=torch.bool)
+    few[:5] = True  # 5 groups on probation: too few to be a noise floor of their own
+    assert probation_bar(w, few, 0.08, "in") == pytest.approx(0.16)
+    many = torch.zeros(40, dtype=torch.bool)
+    many[:21] = True  # 21 groups: median = the 11th, 0.1 + 10 x 0.4 / 39
+    assert probation_bar(w, many, 0.08, "in") == pytest.approx(5 * (0.1 + 10 * 0.4 / 39))
+    assert probation_bar(w, many, 1.0, "in") == pytest.approx(2.0)  # the threshold's bar wins
