@@ -1,7 +1,6 @@
 """``python -m bayescale`` runs the command line."""
 
-import sys
-
 from .cli import main
+from .train.distributed import exit_process
 
-sys.exit(main())
+exit_process(main())

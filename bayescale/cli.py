@@ -418,5 +418,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def run() -> None:
+    """The ``bayescale`` console script: :func:`main`, then the exit (a hard one after a broken
+    process group, see :func:`bayescale.train.distributed.exit_process`)."""
+    from .train.distributed import exit_process
+
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime
 import os
 import re
+import sys
 import time
 from dataclasses import dataclass
 
@@ -235,8 +236,29 @@ def explain(err: BaseException, timeout_s: float, where: str = "") -> Collective
     return None
 
 
+_ABANDONED = False
+
+
+def abandoned() -> bool:
+    """Whether this process dropped a broken process group (:func:`abandon`)."""
+    return _ABANDONED
+
+
+def exit_process(code: int) -> None:
+    """End the process with ``code``; after :func:`abandon`, without running the interpreter's
+    teardown: the backend's threads of a broken gloo group can otherwise abort the process
+    (SIGABRT, "terminate called without an active exception") after the error was reported."""
+    if _ABANDONED:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 def abandon() -> None:
     """Drop a process group whose peers may be gone (no barrier: it could never complete)."""
+    global _ABANDONED
+    _ABANDONED = True
     if dist.is_available() and dist.is_initialized():
         try:
             dist.destroy_process_group()

@@ -125,3 +125,19 @@ def test_two_torchrun_agents_c10d_rendezvous(tmp_path):
     assert all(int(r["world_size"]) == 2 for r in timing)
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
     assert ckpt["world_size"] == 2 and ckpt["param_checksums"][0] == ckpt["param_checksums"][1]
+
+
+def test_exit_process_after_abandon_is_a_hard_exit_with_the_code_and_flushed_output():
+    import subprocess
+    import sys
+
+    code = ("import atexit, sys; from bayescale.train import distributed as D; "
+            "atexit.register(lambda: print('teardown ran')); print('reported', end=''); "
+            "D.abandon(); assert D.abandoned(); D.exit_process(3)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 3 and out.stdout == "reported"  # no interpreter teardown
+    plain = subprocess.run([sys.executable, "-c", code.replace("D.abandon(); assert "
+                                                               "D.abandoned(); ", "")],
+                           capture_output=True, text=True, timeout=120)
+    assert plain.returncode == 3 and plain.stdout == "reportedteardown ran\n"
