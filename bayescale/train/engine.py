@@ -318,8 +318,9 @@ class _Trainer:
                 xb = xb.to(self.device, non_blocking=True)
                 yb = yb.to(self.device, non_blocking=True)
                 self.opt.zero_grad(set_to_none=True)
-                n_draws = IV.num_draws(self.opt) * t.mc_samples
-                for draw in IV.draws(self.opt, t.mc_samples):  # IVON's draws, or the layers'
+                passes = IV.draws(self.opt, t.mc_samples)  # IVON's draws, or the layers'
+                n_draws = len(passes)
+                for draw in passes:
                     with draw:
                         with torch.autocast(self.device.type, dtype=dtype,
                                             enabled=dtype is not None):

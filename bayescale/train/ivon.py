@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -26,7 +26,7 @@ from ..nn.posterior import ParamPosterior
 from ..nn.sampling import bayesian_layers
 from .config import IVONConfig
 
-__all__ = ["POSTERIOR_FILE", "check_model", "build_ivon", "draws", "num_draws",
+__all__ = ["POSTERIOR_FILE", "check_model", "build_ivon", "draws",
            "save_posterior", "load_posterior"]
 
 POSTERIOR_FILE = "posterior.pt"
@@ -51,18 +51,13 @@ def build_ivon(params: Iterable[nn.Parameter], lr: float, cfg: IVONConfig, num_t
 
 
 def draws(opt: torch.optim.Optimizer, layer_draws: int = 1
-          ) -> Iterator[contextlib.AbstractContextManager[None]]:
+          ) -> list[contextlib.AbstractContextManager[None]]:
     """The contexts of one step's forward/backward passes: ``mc_samples`` IVON draws, or
     ``layer_draws`` no-ops for the other optimizers (each forward then draws the Bayesian
     layers' own noise: ``train.mc_samples``). Scale each pass's loss by 1/len(...)."""
     if isinstance(opt, IVON):
-        return iter([opt.sampled_params(train=True) for _ in range(opt.mc_samples)])
-    return iter([contextlib.nullcontext() for _ in range(layer_draws)])
-
-
-def num_draws(opt: torch.optim.Optimizer) -> int:
-    """Forward/backward passes per step (IVON's ``mc_samples``, else 1)."""
-    return opt.mc_samples if isinstance(opt, IVON) else 1
+        return [opt.sampled_params(train=True) for _ in range(opt.mc_samples)]
+    return [contextlib.nullcontext() for _ in range(layer_draws)]
 
 
 def save_posterior(opt: IVON, model: nn.Module, run_dir: Path) -> Path:
