@@ -48,13 +48,18 @@ td:first-child,th:first-child{text-align:left}img{max-width:100%;display:block;m
 .note{color:#666;font-size:.9em}pre{background:#f7f7f7;padding:.6em;font-size:.8em;overflow:auto}"""
 
 
+def free_html_path(folder: str | Path, stem: str) -> Path:
+    """The first free name among ``<stem>.html``, ``<stem>-2.html``, ... in ``folder``."""
+    folder = Path(folder)
+    path, k = folder / f"{stem}.html", 2
+    while path.exists():
+        path, k = folder / f"{stem}-{k}.html", k + 1
+    return path
+
+
 def report_path(run_dir: str | Path) -> Path:
     """The first free name among ``report.html``, ``report-2.html``, ... in ``run_dir``."""
-    run_dir = Path(run_dir)
-    path, k = run_dir / "report.html", 2
-    while path.exists():
-        path, k = run_dir / f"report-{k}.html", k + 1
-    return path
+    return free_html_path(run_dir, "report")
 
 
 # ------------------------------------------------------------------------------ html pieces

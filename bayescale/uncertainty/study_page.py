@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import plots
-from .report import _e, _Figures, _fmt, _kv, _note, _page, _table
+from .report import _e, _Figures, _fmt, _kv, _note, _page, _table, free_html_path
 
 __all__ = ["write_study_report", "study_report_path", "load_study"]
 
@@ -38,10 +38,7 @@ _COLUMNS = (("accuracy", "accuracy (%)", "{:.2f}"), ("nll", "NLL", "{:.4f}"),
 def study_report_path(study_json: str | Path) -> Path:
     """The first free name among ``<stem>.html``, ``<stem>-2.html``, ... next to the JSON."""
     study_json = Path(study_json)
-    path, k = study_json.with_suffix(".html"), 2
-    while path.exists():
-        path, k = study_json.with_name(f"{study_json.stem}-{k}.html"), k + 1
-    return path
+    return free_html_path(study_json.parent, study_json.stem)
 
 
 def _check_methods(methods: Any, where: str, path: Path) -> None:
