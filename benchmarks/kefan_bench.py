@@ -244,7 +244,7 @@ def run_mnist(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     epochs = args.epochs or 3
     configs = {"sghmc_dense": "mnist_sghmc", "sghmc_sparse": "mnist_sghmc_sparse",
-               "bnn_adam": "mnist_bnn_conv_flip", "cnn_adam": "mnist_cnn_conv"}
+               "bnn_adam": "mnist_bnn_conv_flip_seed", "cnn_adam": "mnist_cnn_conv"}
     runs = {k: trained_run(c, [f"train.epochs={epochs}"], data_root=args.data_root,
                            threads=args.threads) for k, c in configs.items()}
     if args.train_only:

@@ -39,9 +39,9 @@ from bayescale.uncertainty.passes import auto_draws_per_pass
 MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 # model -> (shipped config, data set, test inputs, T, training epochs (0: initial weights))
 CASES = {
-    "BNN_conv_flip": ("mnist_bnn_conv_flip", "mnist", 10000, 300, 2),
-    "BNN_FC_flip": ("mnist_bnn_fc_flip", "mnist", 10000, 300, 5),
-    "CIFAR10_BNN_model": ("cifar10_bnn", "cifar10", 1000, 100, 0),
+    "BNN_conv_flip": ("mnist_bnn_conv_flip_seed", "mnist", 10000, 300, 2),
+    "BNN_FC_flip": ("mnist_bnn_fc_flip_seed", "mnist", 10000, 300, 5),
+    "CIFAR10_BNN_model": ("cifar10_bnn_seed", "cifar10", 1000, 100, 0),
 }
 TARGETS = {"conv_speedup": 3.0, "fc_plain_passes_per_draw": 1.2, "adaptive_nll_rel": 0.01,
            "adaptive_max_draws": 100}

@@ -151,7 +151,7 @@ def mlp_suite(a: argparse.Namespace) -> dict:
 
 
 def cifar_suite(a: argparse.Namespace) -> dict:
-    run = load_run(trained_run("cifar10_bnn", [f"train.epochs={a.epochs}", "optim.lr=0.001"],
+    run = load_run(trained_run("cifar10_bnn_seed", [f"train.epochs={a.epochs}", "optim.lr=0.001"],
                                data_root=a.data_root))
     data = run.data()
     convs = [n for n, m in run.model.named_modules() if isinstance(m, bayescale.BayesConv2d)]
@@ -176,7 +176,7 @@ def main() -> None:
     p.add_argument("--finetune-epochs", type=int, default=1)
     p.add_argument("--finetune-lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--models", default="mnist_bnn_conv_flip:3,mnist_bnn_fc_flip:10",
+    p.add_argument("--models", default="mnist_bnn_conv_flip_seed:3,mnist_bnn_fc_flip_seed:10",
                    help="accuracy: CONFIG:EPOCHS,... trained runs to prune")
     a = p.parse_args()
     torch.set_num_threads(a.threads)

@@ -44,10 +44,10 @@ def suite(data: str, cifar: str, full: bool) -> dict[str, tuple[list[str], str |
         "uncertainty": (["uncertainty_bench.py", "--data-root", data, "--epochs", "3",
                          "--samples", "100"] if f else
                         ["uncertainty_bench.py", "--data-root", data, "--epochs", "3",
-                         "--samples", "20", "--models", "mnist_bnn_fc_flip", "mnist_cnn_fc"],
+                         "--samples", "20", "--models", "mnist_bnn_fc_flip_seed", "mnist_cnn_fc"],
                         "mnist"),
         "prune_accuracy": (["prune_bench.py", "accuracy", "--data-root", data, "--models",
-                            "mnist_bnn_fc_flip:10", "--samples", "20", "--passes", "20",
+                            "mnist_bnn_fc_flip_seed:10", "--samples", "20", "--passes", "20",
                             "--finetune-epochs", "1", "--threads", "1"], "mnist"),
         "prune_mlp": (["prune_bench.py", "mlp", "--data-root", data, "--epochs", "3",
                        "--samples", "50", "--rounds", "5" if f else "3", "--threads", "1"],

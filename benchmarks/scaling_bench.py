@@ -154,7 +154,7 @@ def main() -> None:
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         study = Path(tmp) / "study"
-        cmd = [sys.executable, "-m", "bayescale", "scale", "mnist_bnn_conv_flip", *common,
+        cmd = [sys.executable, "-m", "bayescale", "scale", "mnist_bnn_conv_flip_seed", *common,
                "--workers", "1,2", "--mode", "weak", "--out", str(study)]
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, check=True)

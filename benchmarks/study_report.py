@@ -147,10 +147,11 @@ def write_outputs(dataset: str, rows: list[dict[str, Any]], config: dict[str, An
                                                   "wall_s", "finished")}
                            for k, v in sorted(trains.items())}
     if methods and figures:
+        latest = {(r["method"], r["seed"]): r for r in rows if r.get("kind") == "eval"
+                  and r["section"] == main and r["epochs"] == epochs}  # as in _section
         first: dict[str, dict[str, Any]] = {}
-        for r in sorted(rows, key=lambda r: r.get("seed", 0)):
-            if r.get("kind") == "eval" and r["section"] == main and r["epochs"] == epochs:
-                first.setdefault(r["method"], r)
+        for (method, _), r in sorted(latest.items(), key=lambda kv: kv[0][1]):
+            first.setdefault(method, r)
         plot_shift(dataset, methods, figures_path(f"uncertainty_study_{dataset}_shift.png"))
         plot_reliability_grid(dataset, {m: first[m] for m in methods},
                               figures_path(f"uncertainty_study_{dataset}_reliability.png"))

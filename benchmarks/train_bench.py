@@ -81,18 +81,20 @@ def _seeds(a: argparse.Namespace, pairs: tuple[tuple[str, str], ...], extra: lis
 
 def mnist(a: argparse.Namespace) -> dict:
     extra = [f"eval.samples={a.eval_samples}"] if a.eval_samples else []
-    return _seeds(a, (("BNN_conv_flip", "mnist_bnn_conv_flip"), ("CNN_conv", "mnist_cnn_conv"),
-                      ("BNN_FC_flip", "mnist_bnn_fc_flip"), ("CNN_FC", "mnist_cnn_fc")), extra)
+    return _seeds(a, (("BNN_conv_flip", "mnist_bnn_conv_flip_seed"),
+                      ("CNN_conv", "mnist_cnn_conv"), ("BNN_FC_flip", "mnist_bnn_fc_flip_seed"),
+                      ("CNN_FC", "mnist_cnn_fc")), extra)
 
 
 def cifar(a: argparse.Namespace) -> dict:
-    return _seeds(a, (("CIFAR10_BNN_model", "cifar10_bnn"), ("CIFAR10 CNN twin", "cifar10_cnn")),
+    return _seeds(a, (("CIFAR10_BNN_model", "cifar10_bnn_seed"),
+                      ("CIFAR10 CNN twin", "cifar10_cnn")),
                   [f"optim.lr={a.lr}"])
 
 
 def ddp(a: argparse.Namespace) -> dict:
     """Weak scaling, BNN_conv_flip: the same steps per worker with 1 and with 2 workers."""
-    common = ["mnist_bnn_conv_flip", "data.name=mnist-small", f"train.steps={a.steps}",
+    common = ["mnist_bnn_conv_flip_seed", "data.name=mnist-small", f"train.steps={a.steps}",
               "train.scaling=weak", "train.threads=1", "eval.every_epochs=0", "eval.samples=1",
               "train.checkpoint_every=100000", f"train.seed={a.seeds[0]}", *a.extra]
     rows = {}

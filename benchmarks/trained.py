@@ -1,7 +1,8 @@
 """Trained runs shared by the benchmarks (uncertainty, pruning, optimizer): trained once, reused.
 
     from trained import trained_run
-    run_dir = trained_run("mnist_bnn_conv_flip", ["train.epochs=5"], data_root="../shared/data")
+    run_dir = trained_run("mnist_bnn_conv_flip_seed", ["train.epochs=5"],
+                          data_root="../shared/data")
 
 A run is trained with ``bayescale train`` into ``bench_out/trained/<name>`` unless a finished one
 (``model.pt``) is already there; a file lock keeps two benchmarks from training it at once. The

@@ -36,9 +36,9 @@ from trained import trained_run  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "bench_out" / "uncertainty"
 MODELS = {  # config -> (model, twin of)
-    "mnist_bnn_conv_flip": ("BNN_conv_flip", None),
+    "mnist_bnn_conv_flip_seed": ("BNN_conv_flip", None),
     "mnist_cnn_conv": ("CNN_conv", "BNN_conv_flip"),
-    "mnist_bnn_fc_flip": ("BNN_FC_flip", None),
+    "mnist_bnn_fc_flip_seed": ("BNN_FC_flip", None),
     "mnist_cnn_fc": ("CNN_FC", "BNN_FC_flip"),
 }
 

@@ -16,7 +16,9 @@ split (seed 0, the same for every method), under the shared benchmark lock, in
 ``bench_out/uncertainty_study/<dataset>/<training>``; a killed one resumes exactly from its last
 epoch checkpoint. Each finished (section, method, seed) evaluation appends one row to
 ``benchmarks/results/uncertainty_study_<dataset>.partial.jsonl`` and is skipped on restart; the
-result JSON, the docs table and the figures are rebuilt from those rows after every row.
+result JSON, the docs table and the figures are rebuilt from those rows after every row. A
+model trained again after its evaluation (a new machine, a deleted run) is evaluated anew; the
+replaced row stays in the JSON under ``earlier``.
 
 Evaluation, per method and seed: accuracy, NLL, Brier, ECE (15 bins) and AURC on the clean test
 set; OOD AUROC (MNIST: the Fashion-MNIST test set), the better of predictive entropy and mutual
@@ -208,6 +210,16 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _current(row: dict[str, Any], dataset: str, trainings: list[Training]) -> bool:
+    """An evaluation stands unless one of its trainings was trained (again) after it: a
+    retrained model is evaluated anew, and the replaced row stays on record as ``earlier``."""
+    for tr in trainings:
+        summary = run_dir(dataset, tr) / "study_train.json"
+        if summary.is_file() and json.loads(summary.read_text())["finished"] > row["finished"]:
+            return False
+    return True
+
+
 def plan(dataset: str, methods: list[str], seeds: list[int] | None) -> list[tuple[str, str, int]]:
     """(section, method, seed) in the order of the work: every method's first seed by
     ``PRIORITY``, then the further seeds of deterministic and bnn."""
@@ -243,6 +255,7 @@ def run_study(args: argparse.Namespace) -> Path:
         trainings = spec.runs(section, seed, study)
         names = [tr.name for tr in trainings]  # a changed recipe trains and evaluates anew
         if any(all(r.get(k) == v for k, v in key.items()) and r.get("trainings") == names
+               and _current(r, args.dataset, trainings)
                for r in read_rows(log) if r.get("kind") == "eval"):
             continue
         extra = ARCHS[args.dataset][section]["extra"]

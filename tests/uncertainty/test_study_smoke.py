@@ -85,6 +85,16 @@ def test_every_method_trains_evaluates_resumes_and_writes_the_layout(tmp_path, m
     # a restart skips everything that is done
     US.main(args)
     assert len(US.read_rows(log)) == len(rows)
+    # a twin trained again after its evaluations: the methods built on it are evaluated anew,
+    # nothing else; the replaced rows stay on record
+    summary = tmp_path / "work" / "mnist" / "conv-deterministic-s0" / "study_train.json"
+    meta = json.loads(summary.read_text())
+    summary.write_text(json.dumps({**meta, "finished": "2999-01-01T00:00:00Z"}))
+    US.main(args)
+    again = [r for r in US.read_rows(log)[len(rows):] if r["kind"] == "eval"]
+    assert sorted(r["method"] for r in again) == ["deep_ensemble", "deterministic",
+                                                   "temperature_scaled"]
+    assert not [r for r in US.read_rows(log)[len(rows):] if r["kind"] == "train"]
     out = json.loads((tmp_path / "results" / "uncertainty_study_mnist.json").read_text())
     assert out["provenance"]["config"]["epochs"] == 1
     assert list(out["methods"]) == SR.ORDER
@@ -92,6 +102,8 @@ def test_every_method_trains_evaluates_resumes_and_writes_the_layout(tmp_path, m
         assert set(SR.METRICS[:1] + ("nll", "brier", "ece", "aurc", "ood_auroc", "shift_ece",
                                      "train_s", "infer_s", "per_shift")) <= set(m)
     assert set(out["fc"]["methods"]) == {"deterministic", "bnn"}
+    assert [e["trainings"] for e in out["methods"]["deterministic"]["earlier"]] == [
+        ["conv-deterministic-s0"]]
     assert isinstance(out["methods"]["temperature_scaled"]["temperature"], float)
     assert (tmp_path / "results" / "figures" / "uncertainty_study_mnist_shift.png").is_file()
 
