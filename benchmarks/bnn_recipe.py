@@ -1,7 +1,7 @@
 """The mean-field BNN's recipe, measured on the uncertainty study's harness (MNIST,
 ``BNN_conv_flip``): each variant of the seed's settings (``mnist_bnn_conv_flip_seed``) is trained
-by the library on the study's data (the 55,000 training images left after the validation split) for the
-study's budget and evaluated exactly as the study's ``bnn`` row (test accuracy, NLL, ECE,
+by the library on the study's data (the 55,000 training images left after the validation split)
+for the study's budget and evaluated exactly as the study's ``bnn`` row (test accuracy, NLL, ECE,
 Fashion-MNIST AUROC, the rotation and noise shifts, T = 20 draws).
 
 Quality only: these trainings hold a lock of their own, not the shared benchmark lock, so their
