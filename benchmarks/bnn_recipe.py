@@ -10,6 +10,8 @@ run by the study proper, under the shared lock.
 
     python benchmarks/bnn_recipe.py --data-root ../shared/data [--epochs 20] [--variants ...]
         -> benchmarks/results/bnn_recipe_mnist.json (resumable: .partial.jsonl)
+    python benchmarks/bnn_recipe.py --data-root ../shared/data --arch fc --variants ...
+        -> benchmarks/results/bnn_recipe_mnist_fc.json (``BNN_FC_flip``, seed: ``fc1`` Bayesian)
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from study_methods import METHODS, Study, Training  # noqa: E402
 
 from bayescale.scale.bench import provenance, results_path, write_json  # noqa: E402
 
-BASE = "mnist_bnn_conv_flip_seed"
+BASE = {"conv": "mnist_bnn_conv_flip_seed", "fc": "mnist_bnn_fc_flip_seed"}
 
 
 def variants(steps: int) -> dict[str, list[str]]:
@@ -51,19 +53,35 @@ def variants(steps: int) -> dict[str, list[str]]:
     }
 
 
+def _write(stem: str, log: Path, args: argparse.Namespace, table: dict[str, list[str]]) -> None:
+    """The result JSON, rebuilt from every evaluation row so far."""
+    rows = [r for r in US.read_rows(log) if r["kind"] == "eval"]
+    if rows:
+        write_json(results_path(f"{stem}.json"), {
+            "provenance": provenance(config={"epochs": args.epochs, "seed": args.seed,
+                                             "base": BASE[args.arch], "variants": table,
+                                             "samples": 20, "shift_size": args.shift_size,
+                                             "lock": "own (not timed)"}),
+            "variants": {r["variant"]: {k: v for k, v in r.items() if k != "per_shift"}
+                         for r in rows}})
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-root", required=True)
     ap.add_argument("--epochs", type=int, default=20)
     ap.add_argument("--variants", nargs="+", default=None, help="names (default: all)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--arch", choices=sorted(BASE), default="conv",
+                    help="conv: BNN_conv_flip (default); fc: BNN_FC_flip")
     ap.add_argument("--shift-size", type=int, default=2000)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     US.WORK = US.ROOT / "bench_out" / "bnn_recipe"
     US.LOCK = Path("/tmp/bayescale-recipe.lock")  # not the shared lock: nothing here is timed
-    log = results_path("bnn_recipe_mnist.partial.jsonl")
+    stem = "bnn_recipe_mnist" + ("" if args.arch == "conv" else f"_{args.arch}")
+    log = results_path(f"{stem}.partial.jsonl")
     data = US.load_data("mnist", args.data_root)
     steps = args.epochs * math.ceil(len(data["train"]) / 64)
     table = variants(steps)
@@ -76,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
         if any(r.get("variant") == name and r.get("epochs") == args.epochs
                and r.get("seed") == args.seed for r in US.read_rows(log) if r["kind"] == "eval"):
             continue
-        tr = Training(f"conv-{name}-s{args.seed}", BASE,
+        tr = Training(f"{args.arch}-{name}-s{args.seed}", BASE[args.arch],
                       [f"train.seed={args.seed}", *table[name]])
         done = US.ensure_trained("mnist", tr, study, data, log, [])
         print(f"[eval] {name}", flush=True)
@@ -91,14 +109,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[eval] {name}: acc {row['accuracy']:.4f} nll {row['nll']:.4f} ece "
               f"{row['ece']:.4f} ood {row['ood_auroc']:.3f} shift_ece {row['shift_ece']:.4f}",
               flush=True)
-        rows = [r for r in US.read_rows(log) if r["kind"] == "eval"]
-        write_json(results_path("bnn_recipe_mnist.json"), {
-            "provenance": provenance(config={"epochs": args.epochs, "seed": args.seed,
-                                             "base": BASE, "variants": table, "samples": 20,
-                                             "shift_size": args.shift_size,
-                                             "lock": "own (not timed)"}),
-            "variants": {r["variant"]: {k: v for k, v in r.items() if k != "per_shift"}
-                         for r in rows}})
+        _write(stem, log, args, table)
+    _write(stem, log, args, table)
     print(json.dumps({r["variant"]: round(r["nll"], 4) for r in US.read_rows(log)
                       if r["kind"] == "eval"}))
 

@@ -302,7 +302,8 @@ def bnn_recipe(d: dict) -> str:
              f"{100 * v['accuracy']:.2f}", f"{v['nll']:.4f}", f"{v['ece']:.4f}",
              f"{v['ood_auroc']:.3f} ({v['ood_score']})", f"{v['shift_ece']:.4f}"]
             for name, v in d.get("variants", {}).items()]
-    return _table(["variant", "overrides of `mnist_bnn_conv_flip`", "accuracy (%)", "NLL", "ECE",
+    base = d.get("provenance", {}).get("config", {}).get("base", "mnist_bnn_conv_flip_seed")
+    return _table(["variant", f"overrides of `{base}`", "accuracy (%)", "NLL", "ECE",
                    "OOD AUROC (score)", "shift ECE"], rows) + _stamp(d)
 
 
@@ -391,6 +392,7 @@ RENDERERS: dict[str, tuple[str, Callable[[dict], str]]] = {
     "kefan_robustness_heldout3": ("kefan_robustness_heldout3", kefan_robustness),
     "kefan_robustness_timing": ("kefan_robustness", kefan_robustness_timing),
     "bnn_recipe": ("bnn_recipe_mnist", bnn_recipe),
+    "bnn_recipe_fc": ("bnn_recipe_mnist_fc", bnn_recipe),
     "kefan_robustness_headline": ("kefan_robustness", kefan_robustness_headline),
     "uncertainty_study_mnist": ("uncertainty_study_mnist", uncertainty_study),
     "uncertainty_study_mnist_fc": ("uncertainty_study_mnist", uncertainty_study_fc),

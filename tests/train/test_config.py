@@ -186,3 +186,43 @@ def test_nested_flagfile_and_kl_regularizer_capped(tmp_path):
     (tmp_path / "top.cfg").write_text("--flagfile=base.cfg\n--epochs=3\n--USE_EPOCH=True\n")
     cfg = config_from_dict(translate_flagfile(tmp_path / "top.cfg")[0])
     assert cfg.optim.lr == 2e-4 and cfg.train.epochs == 3 and cfg.kl.weight == 1.0
+
+
+# The recipe each shipped BNN config adds to its ``*_seed`` twin (docs/uncertainty.md, "The BNN's
+# recipe"); the FC pair keeps the seed's settings at the study's 20 epochs
+_CONV = {"model.bayesian_layers": "last", "schedule.name": "cosine", "train.epochs": 20}
+RECIPE = {"mnist_bnn_conv_flip": _CONV, "mnist_bnn_conv_nonflip": _CONV,
+          "mnist_bnn_fc_flip": {"train.epochs": 20}, "mnist_bnn_fc_nonflip": {"train.epochs": 20},
+          "cifar10_bnn": {**_CONV, "train.epochs": 30, "optim.lr": 1e-3, "data.augment": True}}
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def test_seed_configs_keep_the_seed_settings(tmp_path):
+    """``*_seed`` is the seed's flagfile, as translated; the shipped BNN config differs from it
+    only in the recipe keys of the uncertainty study (docs/uncertainty.md)."""
+    p = tmp_path / "config.cfg"
+    p.write_text(SEED_MNIST_CFG)
+    seed = config_from_dict(translate_flagfile(p)[0])
+    ours = load_config("mnist_bnn_conv_flip_seed")
+    for key in ("model.name", "train.batch_size", "train.epochs", "train.scaling", "optim.name",
+                "optim.lr", "optim.scale_lr_by_world_size", "kl.weight", "schedule.name",
+                "model.bayesian_layers"):
+        assert _flat(config_to_dict(ours))[key] == _flat(config_to_dict(seed))[key], key
+    p.write_text(SEED_CIFAR_CFG)
+    seed = _flat(config_to_dict(config_from_dict(translate_flagfile(p)[0])))
+    ours = _flat(config_to_dict(load_config("cifar10_bnn_seed")))
+    for key in ("model.name", "train.batch_size", "optim.lr", "data.subtract_pixel_mean",
+                "eval.samples", "kl.weight", "schedule.name"):
+        assert ours[key] == seed[key], key
+    assert {n for n in shipped_configs() if n.endswith("_seed")} == {f"{n}_seed" for n in RECIPE}
+    for name, recipe in RECIPE.items():
+        shipped = _flat(config_to_dict(load_config(name)))
+        kept = _flat(config_to_dict(load_config(f"{name}_seed")))
+        assert {k for k in shipped if shipped[k] != kept[k]} == set(recipe), name
+        assert {k: shipped[k] for k in recipe} == recipe, name
