@@ -143,8 +143,8 @@ def write_outputs(dataset: str, rows: list[dict[str, Any]], config: dict[str, An
         record["fc"] = {"methods": fc}
     record["targets"] = targets(dataset, methods, fc)
     trains = {r["training"]: r for r in rows if r.get("kind") == "train"}
-    record["trainings"] = {k: {f: v[f] for f in ("config", "overrides", "epochs", "train_s",
-                                                  "wall_s", "finished")}
+    record["trainings"] = {k: {f: v.get(f) for f in ("config", "overrides", "epochs", "train_s",
+                                                      "wall_s", "finished", "machine")}
                            for k, v in sorted(trains.items())}
     if methods and figures:
         latest = {(r["method"], r["seed"]): r for r in rows if r.get("kind") == "eval"

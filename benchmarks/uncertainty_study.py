@@ -52,7 +52,7 @@ from bayescale.data.catalogue import load_dataset  # noqa: E402
 from bayescale.data.datasets import Dataset, TensorSplit  # noqa: E402
 from bayescale.data.shifts import shift_levels  # noqa: E402
 from bayescale.data.split import validation_split  # noqa: E402
-from bayescale.scale.bench import results_path  # noqa: E402
+from bayescale.scale.bench import cpu_name, results_path  # noqa: E402
 from bayescale.train.config import load_config  # noqa: E402
 from bayescale.train.engine import train  # noqa: E402
 from bayescale.uncertainty import metrics as M  # noqa: E402
@@ -145,7 +145,7 @@ def ensure_trained(dataset: str, tr: Training, study: Study, data: dict[str, Any
         row = {"kind": "train", "training": tr.name, "config": tr.config,
                "overrides": tr.overrides, "epochs": res["epochs"], "steps": res["steps"],
                "train_s": res["time_to_train_s"], "wall_s": wall, "lock_wait_s": waited,
-               "val_eval": res["final_eval"], "resumed": resume is not None,
+               "val_eval": res["final_eval"], "resumed": resume is not None, "machine": cpu_name(),
                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         summary.write_text(json.dumps(row, indent=1))
         _append(log, row)
@@ -268,6 +268,7 @@ def run_study(args: argparse.Namespace) -> Path:
         row = {"kind": "eval", **key, **evaluate(method, predict, data, study, args.shift_size),
                "train_s": sum(d["train_s"] for d in done),
                "trainings": [tr.name for tr in trainings], "eval_wall_s": 0.0,
+               "machine": cpu_name(),
                "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         row["eval_wall_s"] = time.perf_counter() - t0
         _append(log, row)
