@@ -36,7 +36,7 @@ BASE = {"conv": "mnist_bnn_conv_flip_seed", "fc": "mnist_bnn_fc_flip_seed"}
 
 
 def variants(steps: int) -> dict[str, list[str]]:
-    """Name -> overrides of the shipped config (``steps``: the run's optimizer steps)."""
+    """Name -> overrides of the base (the seed's settings; ``steps``: the run's optimizer steps)."""
     return {
         "seed": [],
         "kl_warmup": ["kl.schedule=linear", f"kl.anneal_steps={steps // 4}"],  # KL 0 -> 1
