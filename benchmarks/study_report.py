@@ -49,10 +49,17 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def _section(rows: list[dict[str, Any]], section: str, epochs: Any) -> dict[str, Any]:
+def _evals(rows: list[dict[str, Any]], section: str, epochs: Any
+           ) -> tuple[list[dict[str, Any]], dict[tuple[str, int], dict[str, Any]]]:
+    """A section's evaluation rows, and the latest one per (method, seed): a re-run recipe or
+    a retrained model replaces its row."""
     evals = [r for r in rows if r.get("kind") == "eval" and r["section"] == section
              and r["epochs"] == epochs]
-    latest = {(r["method"], r["seed"]): r for r in evals}  # a re-run recipe replaces its row
+    return evals, {(r["method"], r["seed"]): r for r in evals}
+
+
+def _section(rows: list[dict[str, Any]], section: str, epochs: Any) -> dict[str, Any]:
+    evals, latest = _evals(rows, section, epochs)
     names = sorted({r["method"] for r in evals}, key=lambda m: ORDER.index(m)
                    if m in ORDER else len(ORDER))
     out = {m: aggregate([r for r in latest.values() if r["method"] == m]) for m in names}
@@ -147,8 +154,7 @@ def write_outputs(dataset: str, rows: list[dict[str, Any]], config: dict[str, An
                                                       "wall_s", "finished", "machine")}
                            for k, v in sorted(trains.items())}
     if methods and figures:
-        latest = {(r["method"], r["seed"]): r for r in rows if r.get("kind") == "eval"
-                  and r["section"] == main and r["epochs"] == epochs}  # as in _section
+        latest = _evals(rows, main, epochs)[1]
         first: dict[str, dict[str, Any]] = {}
         for (method, _), r in sorted(latest.items(), key=lambda kv: kv[0][1]):
             first.setdefault(method, r)
